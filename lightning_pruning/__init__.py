@@ -1,0 +1,28 @@
+"""Dynamic data pruning for PyTorch Lightning: train every epoch on a well-chosen subset.
+
+Add a pruning callback to the Trainer, serve the data through :class:`PruningDataModule`, and end
+``training_step`` with :func:`pruning_loss`.
+"""
+
+from lightning_pruning.data import PruningDataModule, SubsetSampler, load_fashion_mnist, load_fashion_mnist_lt
+from lightning_pruning.loss import pruning_loss
+from lightning_pruning.methods import METHODS, RS2, Harvest, PruningCallback, RandomPruning, Selection
+from lightning_pruning.metrics import PerClassAccuracy, WorstClassAccuracy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "RS2",
+    "Harvest",
+    "PerClassAccuracy",
+    "PruningCallback",
+    "PruningDataModule",
+    "RandomPruning",
+    "Selection",
+    "SubsetSampler",
+    "WorstClassAccuracy",
+    "load_fashion_mnist",
+    "load_fashion_mnist_lt",
+    "pruning_loss",
+]

@@ -1,0 +1,7 @@
+"""The pruning methods, one module each, all registered in :data:`METHODS`."""
+
+from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
+from lightning_pruning.methods.random import RS2, RandomPruning
+from lightning_pruning.methods.registry import METHODS, register
+
+__all__ = ["METHODS", "RS2", "Harvest", "PruningCallback", "RandomPruning", "Selection", "register"]

@@ -1,0 +1,93 @@
+"""Tiny data and models shared by the tests (module level, so ddp_spawn can pickle them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from lightning_pruning import PruningDataModule, WorstClassAccuracy, pruning_loss
+
+
+class ToyDataset(Dataset[tuple[Tensor, int]]):
+    """Linearly separable-ish Gaussian blobs with a ``targets`` attribute."""
+
+    def __init__(self, num_samples: int = 96, num_classes: int = 3, features: int = 8, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.targets = torch.arange(num_samples) % num_classes
+        centers = torch.randn(num_classes, features, generator=generator) * 2
+        self.inputs = centers[self.targets] + torch.randn(num_samples, features, generator=generator)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        return int(self.targets.numel())
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.inputs[index], int(self.targets[index])
+
+
+class DictDataset(ToyDataset):
+    """The same data as dict samples, to show the user's batch format reaches training_step."""
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        return {"x": self.inputs[index], "y": int(self.targets[index])}
+
+
+class ToyModel(pl.LightningModule):
+    """A linear classifier that trains with ``pruning_loss`` and reports worst-class accuracy."""
+
+    def __init__(self, features: int = 8, num_classes: int = 3, lr: float = 0.1) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(features, num_classes)
+        self.lr = lr
+        self.worst = WorstClassAccuracy(num_classes)
+        self.seen_batches: list[int] = []
+        self.val_epochs: list[int] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+    def _unpack(self, batch: Any) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, dict):
+            return batch["x"], batch["y"]
+        return batch[0], batch[1]
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        x, y = self._unpack(batch)
+        self.seen_batches.append(int(y.numel()))
+        return pruning_loss(self, F.cross_entropy(self(x), y, reduction="none"))
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = self._unpack(batch)
+        self.worst.update(self(x), y)
+        self.log("val/worst_class_acc", self.worst, on_epoch=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self.val_epochs.append(self.current_epoch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+def toy_datamodule(num_samples: int = 96, batch_size: int = 8, **kwargs: Any) -> PruningDataModule:
+    return PruningDataModule(
+        ToyDataset(num_samples), ToyDataset(30, seed=1), batch_size=batch_size, seed=kwargs.pop("seed", 0), **kwargs
+    )
+
+
+def trainer_kwargs(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 3,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    kwargs.update(overrides)
+    return kwargs
