@@ -15,6 +15,7 @@ state in checkpoints, and logs what happened.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -112,7 +113,11 @@ class PruningCallback(Callback):
         self._max_epochs: int | None = None
         self._restored = False
         self._harvest_epoch = -1
+        #: Seconds spent in the pruning logic (decisions, harvesting, synchronisation) in this process.
+        self.overhead_seconds = 0.0
         self._datamodule: PruningDataModule | None = None
+        self._pending_losses: Tensor | None = None
+        self._dense_weights: Tensor | None = None
         self._clear_epoch_buffers()
 
     # ------------------------------------------------------------------------------------------------
@@ -251,6 +256,7 @@ class PruningCallback(Callback):
         self._decided_epoch = -1
         self._restored = False
         self._harvest_epoch = -1
+        self.overhead_seconds = 0.0
         self.reset(self.num_samples)
 
     def subset_for_epoch(self, trainer: pl.Trainer, epoch: int) -> Tensor:
@@ -265,11 +271,9 @@ class PruningCallback(Callback):
             self._restored = True  # warn once
         if self._harvest_epoch < epoch - 1 and self._pending_losses is not None:
             self._flush(trainer)
-        if self.is_full_epoch(epoch):
-            selection = Selection(torch.arange(self.num_samples))
-        else:
-            selection = self.select(epoch, make_generator(self._resolved_seed, epoch, DECISION_STREAM))
-            self._check_selection(selection)
+        started = time.perf_counter()
+        selection = self.decide(epoch)
+        self.overhead_seconds += time.perf_counter() - started
         self._subset = selection.indices.to(torch.int64)
         self._weights = None if selection.weights is None else selection.weights.to(torch.float32)
         del self._kept_counts[epoch:]
@@ -289,6 +293,15 @@ class PruningCallback(Callback):
         record.update(selection.stats)
         self.history = [entry for entry in self.history if entry["epoch"] < epoch] + [record]
         return self._subset
+
+    def decide(self, epoch: int) -> Selection:
+        """The decision for ``epoch`` from the current state: full data in warm-up/annealing epochs, else
+        :meth:`select` with the generator of ``(seed, epoch)``. Call it once per epoch, in order."""
+        if self.is_full_epoch(epoch):
+            return Selection(torch.arange(self.num_samples))
+        selection = self.select(epoch, make_generator(self._resolved_seed, epoch, DECISION_STREAM))
+        self._check_selection(selection)
+        return selection
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         datamodule = trainer.datamodule
@@ -344,6 +357,7 @@ class PruningCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        started = time.perf_counter()
         per_sample = outputs.get(PER_SAMPLE_LOSS_KEY) if isinstance(outputs, dict) else None
         if per_sample is None:
             raise ValueError(
@@ -355,11 +369,14 @@ class PruningCallback(Callback):
                 f"training_step returned {per_sample.numel()} per-sample losses for a batch of "
                 f"{self._batch_slice.stop - self._batch_slice.start} samples."
             )
-        self._pending_losses[self._batch_slice] = per_sample.detach().reshape(-1).to(torch.float32)
+        pending = self._pending_losses
+        assert pending is not None, "on_train_epoch_start did not run for this epoch"
+        pending[self._batch_slice] = per_sample.detach().reshape(-1).to(torch.float32)
         self._filled = self._batch_slice.stop
         if batch_idx + 1 >= trainer.num_training_batches:
             # Fold the epoch in now, before validation and any end-of-epoch checkpoint.
             self._flush(trainer)
+        self.overhead_seconds += time.perf_counter() - started
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending_losses is not None:
@@ -408,9 +425,9 @@ class PruningCallback(Callback):
         return 0 if self.seed is None else self.seed
 
     def _clear_epoch_buffers(self) -> None:
-        self._pending_losses: Tensor | None = None
+        self._pending_losses = None
         self._rank_order = torch.empty(0, dtype=torch.int64)
-        self._dense_weights: Tensor | None = None
+        self._dense_weights = None
         self._filled = 0
         self._batch_slice = slice(0, 0)
 

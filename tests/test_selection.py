@@ -1,0 +1,180 @@
+"""The shared pure selection helpers, and Random* / RS2's selection rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_pruning.methods.random import RS2, RandomPruning, rs2_chunk
+from lightning_pruning.selection import (
+    ClassLayout,
+    budget,
+    check_prune_ratio,
+    derive_seed,
+    largest_remainder_round,
+    make_generator,
+    stratified_counts,
+    stratified_uniform_subset,
+    uniform_subset,
+)
+
+
+def test_budget_is_round_of_kept_share() -> None:
+    assert budget(0.5, 10) == 5
+    assert budget(0.3, 10) == 7
+    assert budget(0.25, 10) == 8  # round(7.5) -> banker's rounding gives 8
+    assert budget(0.0, 7) == 7
+    assert budget(0.99, 10) == 1  # never an empty epoch
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan")])
+def test_prune_ratio_outside_range_is_rejected(bad: float) -> None:
+    with pytest.raises(ValueError, match="prune_ratio"):
+        check_prune_ratio(bad)
+
+
+def test_derive_seed_separates_streams_and_epochs() -> None:
+    seeds = {derive_seed(0, epoch, stream) for epoch in range(50) for stream in range(3)}
+    assert len(seeds) == 150
+    assert derive_seed(1, 2, 3) == derive_seed(1, 2, 3)
+
+
+def test_largest_remainder_hand_computed() -> None:
+    # quotas 1.5, 1.3, 1.2 -> floors 1,1,1; one unit left goes to the largest remainder (index 0)
+    assert largest_remainder_round(torch.tensor([1.5, 1.3, 1.2]), 4).tolist() == [2, 1, 1]
+    # ties go to the lower index
+    assert largest_remainder_round(torch.tensor([0.5, 0.5, 0.5, 0.5]), 2).tolist() == [1, 1, 0, 0]
+    # an upper bound diverts units to the next remainder
+    assert largest_remainder_round(torch.tensor([2.9, 0.6, 0.5]), 4, upper=torch.tensor([2, 5, 5])).tolist() == [
+        2,
+        1,
+        1,
+    ]
+    # lower bounds win over tiny quotas; the excess comes back from the smallest remainder with slack
+    counts = largest_remainder_round(torch.tensor([9.6, 0.2, 0.2]), 10, lower=torch.tensor([1, 1, 1]))
+    assert counts.tolist() == [8, 1, 1]
+
+
+def test_largest_remainder_unreachable_total_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        largest_remainder_round(torch.tensor([1.0, 1.0]), 5, upper=torch.tensor([2, 2]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=12),
+    share=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_stratified_counts_properties(sizes: list[int], share: float) -> None:
+    counts = torch.tensor(sizes)
+    total = round(share * int(counts.sum()))
+    split = stratified_counts(counts, total)
+    assert int(split.sum()) == total
+    assert bool((split <= counts).all()) and bool((split >= 0).all())
+    # proportional within one unit of the exact quota
+    exact = counts.double() * total / max(int(counts.sum()), 1)
+    assert bool(((split.double() - exact).abs() < 1.0 + 1e-9).all())
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 500), ratio=st.floats(0.0, 0.99), seed=st.integers(0, 2**31))
+def test_uniform_subset_properties(n: int, ratio: float, seed: int) -> None:
+    size = budget(ratio, n)
+    picked = uniform_subset(n, size, make_generator(seed, 0))
+    assert picked.numel() == size
+    assert picked.unique().numel() == size
+    assert int(picked.min()) >= 0 and int(picked.max()) < n
+    assert torch.equal(picked, uniform_subset(n, size, make_generator(seed, 0)))
+
+
+def test_uniform_subset_is_uniform() -> None:
+    hits = torch.zeros(10)
+    trials = 4000
+    for trial in range(trials):
+        hits[uniform_subset(10, 3, make_generator(7, trial))] += 1
+    # each index has inclusion probability 0.3; binomial std of the frequency ~ 0.0072
+    assert bool(((hits / trials - 0.3).abs() < 0.03).all())
+
+
+def test_stratified_uniform_subset_takes_exact_counts_per_class() -> None:
+    labels = torch.tensor([0, 1, 1, 2, 2, 2, 0, 1, 2, 2])
+    layout = ClassLayout.from_labels(labels)
+    assert layout.counts.tolist() == [2, 3, 5]
+    per_class = torch.tensor([1, 2, 3])
+    picked = stratified_uniform_subset(layout, per_class, make_generator(0, 0))
+    assert torch.bincount(labels[picked], minlength=3).tolist() == [1, 2, 3]
+    assert picked.unique().numel() == 6
+
+
+def test_rs2_walks_a_shuffled_permutation_without_replacement() -> None:
+    n, size = 10, 4
+    chunks = [rs2_chunk(n, size, round_index, seed=3) for round_index in range(5)]
+    stream = torch.cat(chunks)  # 20 items = 2 full permutations
+    assert sorted(stream[:10].tolist()) == list(range(10))
+    assert sorted(stream[10:20].tolist()) == list(range(10))
+    # the first permutation is shuffled (the reference forgets to)
+    assert stream[:10].tolist() != list(range(10))
+    # round 2 straddles the end of the first permutation: 2 items from it, 2 from a fresh one
+    assert torch.equal(chunks[2][:2], stream[8:10])
+
+
+def test_rs2_sees_every_sample_once_every_cycle() -> None:
+    n, size = 12, 4  # keep 1/3: every sample once every 3 epochs
+    for cycle in range(3):
+        seen = torch.cat([rs2_chunk(n, size, cycle * 3 + k, seed=0) for k in range(3)])
+        assert sorted(seen.tolist()) == list(range(n))
+
+
+def _decide(
+    method: RandomPruning | RS2, num_samples: int, epoch: int, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    method.num_samples = num_samples
+    if labels is not None:
+        method.class_layout = ClassLayout.from_labels(labels)
+    method.reset(num_samples)
+    return method.decide(epoch).indices
+
+
+def test_random_pruning_budget_and_fresh_draw_every_epoch() -> None:
+    method = RandomPruning(0.3, seed=5)
+    first, second = _decide(method, 100, 0), _decide(method, 100, 1)
+    assert first.numel() == second.numel() == 70
+    assert first.unique().numel() == 70
+    assert not torch.equal(first.sort().values, second.sort().values)
+    assert torch.equal(first, _decide(RandomPruning(0.3, seed=5), 100, 0))
+
+
+def test_random_pruning_stratified_is_proportional() -> None:
+    labels = torch.tensor([0] * 60 + [1] * 30 + [2] * 10)
+    picked = _decide(RandomPruning(0.5, stratified=True, seed=0), 100, 0, labels)
+    assert torch.bincount(labels[picked]).tolist() == [30, 15, 5]
+
+
+def test_rs2_callback_cycles_through_the_data() -> None:
+    method = RS2(0.75, seed=1)  # keep 25%: four epochs cover everything once
+    seen = torch.cat([_decide(method, 40, epoch) for epoch in range(4)])
+    assert sorted(seen.tolist()) == list(range(40))
+
+
+def test_rs2_stratified_cycles_within_each_class() -> None:
+    labels = torch.tensor([0] * 20 + [1] * 20)
+    method = RS2(0.5, stratified=True, seed=2)
+    seen = torch.cat([_decide(method, 40, epoch, labels) for epoch in range(2)])
+    assert sorted(seen.tolist()) == list(range(40))
+
+
+def test_rs2_with_replacement_matches_random_star() -> None:
+    random_star = _decide(RandomPruning(0.5, seed=9), 50, 3)
+    rs2 = _decide(RS2(0.5, replacement=True, seed=9), 50, 3)
+    assert torch.equal(random_star, rs2)
+
+
+def test_warmup_and_annealing_epochs_train_on_everything() -> None:
+    method = RandomPruning(0.5, seed=0, warmup_epochs=2, annealing_fraction=0.25)
+    method._max_epochs = 8
+    method.num_samples = 20
+    assert [method.is_full_epoch(epoch) for epoch in range(8)] == [True, True, False, False, False, False, True, True]
+    assert method.decide(0).indices.numel() == 20
+    assert method.decide(3).indices.numel() == 10
