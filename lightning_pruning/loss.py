@@ -25,8 +25,7 @@ def check_per_sample_losses(losses: Tensor) -> None:
         raise TypeError(f"pruning_loss expects a tensor of per-sample losses, got {type(losses).__name__}.")
     if losses.ndim != 1:
         hint = (
-            "got a scalar: compute the loss with reduction='none', e.g. "
-            "F.cross_entropy(logits, y, reduction='none')"
+            "got a scalar: compute the loss with reduction='none', e.g. F.cross_entropy(logits, y, reduction='none')"
             if losses.ndim == 0
             else f"got shape {tuple(losses.shape)}: reduce it to one value per sample first, e.g. "
             "losses.flatten(1).mean(1)"

@@ -20,9 +20,7 @@ def derive_seed(seed: int, epoch: int, stream: int = 0) -> int:
     Distinct streams give independent generators for the same epoch (e.g. the method's decision and
     the sampler's shuffle), and the result is the same on every process and after a resume.
     """
-    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB) & (
-        (1 << 64) - 1
-    )
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB) & ((1 << 64) - 1)
     x ^= x >> 30
     x = (x * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
     x ^= x >> 27
@@ -40,7 +38,7 @@ def make_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
 
 def budget(prune_ratio: float, num_samples: int) -> int:
     """The per-epoch budget ``round((1 - p) * N)`` of the fixed-budget methods (at least 1 if N > 0)."""
-    kept = int(round((1.0 - prune_ratio) * num_samples))
+    kept = round((1.0 - prune_ratio) * num_samples)
     return max(min(kept, num_samples), 1 if num_samples > 0 else 0)
 
 

@@ -104,7 +104,9 @@ class TensorImageDataset(Dataset[tuple[Tensor, int]]):
         return TensorImageDataset(self.images[indices].clone(), self.targets[indices].clone(), self.classes)
 
 
-def load_fashion_mnist(root: str | Path | None = None, *, train: bool = True, download: bool = True) -> TensorImageDataset:
+def load_fashion_mnist(
+    root: str | Path | None = None, *, train: bool = True, download: bool = True
+) -> TensorImageDataset:
     """Fashion-MNIST as an in-memory dataset of normalised ``(1, 28, 28)`` float images.
 
     Reads the IDX files from ``root``, ``$FASHION_MNIST_DIR`` or Debian's ``dataset-fashion-mnist``

@@ -53,9 +53,7 @@ def find_labels(dataset: Dataset[Any]) -> Tensor | None:
     return None
 
 
-def resolve_labels(
-    dataset: Dataset[Any], num_samples: int, explicit: Tensor | Sequence[int] | None = None
-) -> Tensor:
+def resolve_labels(dataset: Dataset[Any], num_samples: int, explicit: Tensor | Sequence[int] | None = None) -> Tensor:
     """The raw (not yet remapped) label of every training sample.
 
     Args:

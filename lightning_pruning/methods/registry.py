@@ -22,4 +22,3 @@ def register(name: str) -> Callable[[_Method], _Method]:
         return cls
 
     return decorator
-
