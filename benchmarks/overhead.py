@@ -26,7 +26,6 @@ import torch
 
 import lightning_pruning
 from lightning_pruning.methods import METHODS, Harvest, PruningCallback
-from lightning_pruning.selection import ClassLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def prepared_method(name: str, num_samples: int, num_classes: int, seed: int = 0) -> PruningCallback:
     """A method with synthetic state: every sample trained once in epoch 0 with a random loss."""
     method = METHODS[name](seed=seed)
-    method.num_samples = num_samples
     generator = torch.Generator().manual_seed(seed)
-    if method.needs_labels:
-        method.class_layout = ClassLayout.from_labels(
-            torch.randint(0, num_classes, (num_samples,), generator=generator)
-        )
-    method.reset(num_samples)
+    labels = torch.randint(0, num_classes, (num_samples,), generator=generator) if method.needs_labels else None
+    method.prepare(num_samples, labels=labels, max_epochs=1000)
     method.decide(0)
     indices = torch.arange(num_samples)
     losses = torch.empty(num_samples).exponential_(generator=generator)  # right-skewed, like real losses

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -127,13 +128,9 @@ def test_rs2_sees_every_sample_once_every_cycle() -> None:
         assert sorted(seen.tolist()) == list(range(n))
 
 
-def _decide(
-    method: RandomPruning | RS2, num_samples: int, epoch: int, labels: torch.Tensor | None = None
-) -> torch.Tensor:
-    method.num_samples = num_samples
-    if labels is not None:
-        method.class_layout = ClassLayout.from_labels(labels)
-    method.reset(num_samples)
+def _decide(method: RandomPruning | RS2, num_samples: int, epoch: int, labels: torch.Tensor | None = None) -> Tensor:
+    if method.num_samples != num_samples:
+        method.prepare(num_samples, labels=labels)
     return method.decide(epoch).indices
 
 
@@ -173,8 +170,7 @@ def test_rs2_with_replacement_matches_random_star() -> None:
 
 def test_warmup_and_annealing_epochs_train_on_everything() -> None:
     method = RandomPruning(0.5, seed=0, warmup_epochs=2, annealing_fraction=0.25)
-    method._max_epochs = 8
-    method.num_samples = 20
+    method.prepare(20, max_epochs=8)
     assert [method.is_full_epoch(epoch) for epoch in range(8)] == [True, True, False, False, False, False, True, True]
     assert method.decide(0).indices.numel() == 20
     assert method.decide(3).indices.numel() == 10

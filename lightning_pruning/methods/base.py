@@ -242,22 +242,38 @@ class PruningCallback(Callback):
             else:
                 rank_zero_info(f"{type(self).__name__}: reloading the training loader every epoch.")
             trainer.reload_dataloaders_every_n_epochs = 1
-        self._max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
-        self.is_full_epoch(0)  # raises early when annealing needs max_epochs
         if self.seed is None:
             seed = torch.initial_seed() & ((1 << 63) - 1)
             self.seed = int(trainer.strategy.broadcast(seed, src=0))
-        self.num_samples = datamodule.num_train_samples
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        labels = datamodule.train_labels()[0] if self.needs_labels else None
+        self.prepare(datamodule.num_train_samples, labels=labels, max_epochs=max_epochs)
+
+    def prepare(self, num_samples: int, *, labels: Tensor | None = None, max_epochs: int | None = None) -> None:
+        """Sets the method up for ``num_samples`` samples with empty state, outside of a Trainer.
+
+        ``setup`` calls this; call it yourself to drive a method by hand (notebooks, benchmarks):
+        ``prepare(N)``, then per epoch ``decide(epoch)`` and ``update(Harvest(...))``.
+
+        Args:
+            num_samples: N.
+            labels: class ids ``0..C-1`` of every sample (required when ``needs_labels``).
+            max_epochs: the run's length (required for annealing).
+        """
         if self.needs_labels:
-            labels, _ = datamodule.train_labels()
+            if labels is None:
+                raise ValueError(f"{type(self).__name__} needs `labels` (one class id per sample).")
             self.class_layout = ClassLayout.from_labels(labels)
+        self._max_epochs = max_epochs
+        self.is_full_epoch(0)  # raises early when annealing needs max_epochs
+        self.num_samples = num_samples
         self.history = []
         self._kept_counts = []
         self._decided_epoch = -1
         self._restored = False
         self._harvest_epoch = -1
         self.overhead_seconds = 0.0
-        self.reset(self.num_samples)
+        self.reset(num_samples)
 
     def subset_for_epoch(self, trainer: pl.Trainer, epoch: int) -> Tensor:
         """The subset of ``epoch``, decided once (the DataModule calls this when it builds the loader)."""
