@@ -217,7 +217,7 @@ def build_report(records: list[dict[str, Any]], out: Path, *, command: str) -> P
         "mean ± standard deviation over seeds.",
     ]
     for dataset in datasets:
-        lines += ["", f"### {dataset}", ""] + markdown_table(rows, dataset)
+        lines += ["", f"### {dataset}", "", *markdown_table(rows, dataset)]
         for key, stem in (("test_acc", "accuracy"), ("worst_class_acc", "worst_class")):
             plot_accuracy(rows, dataset, key, out / f"{stem}_{dataset}.png")
         lines += ["", f"![accuracy]({'accuracy_' + dataset}.png) ![worst-class]({'worst_class_' + dataset}.png)"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from lightning_pruning.methods.random import RS2, RandomPruning, rs2_chunk
 from lightning_pruning.selection import (
