@@ -14,10 +14,13 @@ fi
 # the library itself states ranges in pyproject.toml.
 TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
 STAMP=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+# pip's "Location ... is ignored" lines about this machine's local wheel folders are noise.
+quiet_pip() { .venv/bin/pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 if [ ! -f "$STAMP" ]; then
+  echo "setting up .venv (torch, lightning, this package) ..."
   python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q $TORCH_PIN
-  .venv/bin/pip install -q -e ".[dev,vision]"
+  quiet_pip --upgrade pip
+  quiet_pip $TORCH_PIN
+  quiet_pip -e ".[dev,vision]"
   rm -f .venv/.installed-*; touch "$STAMP"
 fi
