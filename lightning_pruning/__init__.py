@@ -6,13 +6,14 @@ Add a pruning callback to the Trainer, serve the data through :class:`PruningDat
 
 from lightning_pruning.data import PruningDataModule, SubsetSampler, load_fashion_mnist, load_fashion_mnist_lt
 from lightning_pruning.loss import pruning_loss
-from lightning_pruning.methods import METHODS, RS2, Harvest, PruningCallback, RandomPruning, Selection
+from lightning_pruning.methods import METHODS, RCAP, RS2, Harvest, PruningCallback, RandomPruning, Selection
 from lightning_pruning.metrics import PerClassAccuracy, WorstClassAccuracy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
+    "RCAP",
     "RS2",
     "Harvest",
     "PerClassAccuracy",

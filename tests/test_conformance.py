@@ -76,6 +76,7 @@ def fit(
     method: PruningCallback, *extra: Callback, datamodule: PruningDataModule | None = None, **overrides: Any
 ) -> tuple[ToyModel, EpochRecorder]:
     recorder = EpochRecorder(overrides.pop("record_to", None))
+    torch.manual_seed(0)  # the same initial weights in every run, so runs are comparable
     model = overrides.pop("model", None) or ToyModel()
     ckpt_path = overrides.pop("ckpt_path", None)
     overrides.setdefault("max_epochs", EPOCHS)

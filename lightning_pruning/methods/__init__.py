@@ -2,6 +2,7 @@
 
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.random import RS2, RandomPruning
+from lightning_pruning.methods.rcap import RCAP
 from lightning_pruning.methods.registry import METHODS, register
 
-__all__ = ["METHODS", "RS2", "Harvest", "PruningCallback", "RandomPruning", "Selection", "register"]
+__all__ = ["METHODS", "RCAP", "RS2", "Harvest", "PruningCallback", "RandomPruning", "Selection", "register"]

@@ -14,6 +14,7 @@ state in checkpoints, and logs what happened.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ class PruningCallback(Callback):
         self._prune_until = 1.0 - annealing_fraction
         self.num_samples = 0
         self.class_layout: ClassLayout | None = None
+        #: The user's label value of each contiguous class id (methods that need labels).
+        self.class_values: list[int] = []
         self.history: list[dict[str, float]] = []
         self._kept_counts: list[int] = []
         self._decided_epoch = -1
@@ -246,10 +249,17 @@ class PruningCallback(Callback):
             seed = torch.initial_seed() & ((1 << 63) - 1)
             self.seed = int(trainer.strategy.broadcast(seed, src=0))
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
-        labels = datamodule.train_labels()[0] if self.needs_labels else None
-        self.prepare(datamodule.num_train_samples, labels=labels, max_epochs=max_epochs)
+        labels, class_values = datamodule.train_labels() if self.needs_labels else (None, None)
+        self.prepare(datamodule.num_train_samples, labels=labels, class_values=class_values, max_epochs=max_epochs)
 
-    def prepare(self, num_samples: int, *, labels: Tensor | None = None, max_epochs: int | None = None) -> None:
+    def prepare(
+        self,
+        num_samples: int,
+        *,
+        labels: Tensor | None = None,
+        class_values: Tensor | None = None,
+        max_epochs: int | None = None,
+    ) -> None:
         """Sets the method up for ``num_samples`` samples with empty state, outside of a Trainer.
 
         ``setup`` calls this; call it yourself to drive a method by hand (notebooks, benchmarks):
@@ -258,12 +268,15 @@ class PruningCallback(Callback):
         Args:
             num_samples: N.
             labels: class ids ``0..C-1`` of every sample (required when ``needs_labels``).
+            class_values: the user's label value of each class id, for reports (default: the ids).
             max_epochs: the run's length (required for annealing).
         """
         if self.needs_labels:
             if labels is None:
                 raise ValueError(f"{type(self).__name__} needs `labels` (one class id per sample).")
             self.class_layout = ClassLayout.from_labels(labels)
+            values = torch.arange(self.class_layout.num_classes) if class_values is None else class_values
+            self.class_values = [int(value) for value in values.tolist()]
         self._max_epochs = max_epochs
         self.is_full_epoch(0)  # raises early when annealing needs max_epochs
         self.num_samples = num_samples
@@ -402,7 +415,7 @@ class PruningCallback(Callback):
         method_state = {}
         for name in self.state_attributes:
             value = getattr(self, name)
-            method_state[name] = value.detach().cpu().clone() if isinstance(value, Tensor) else value
+            method_state[name] = value.detach().cpu().clone() if isinstance(value, Tensor) else copy.deepcopy(value)
         return {
             "version": _STATE_VERSION,
             "seed": self.seed,
@@ -431,7 +444,7 @@ class PruningCallback(Callback):
         self._kept_counts = list(state_dict["kept_counts"])
         self.history = [dict(entry) for entry in state_dict["history"]]
         for name, value in state_dict["method"].items():
-            setattr(self, name, value)
+            setattr(self, name, copy.deepcopy(value))
         self._restored = True
 
     # ------------------------------------------------------------------------------------------------
