@@ -1,0 +1,255 @@
+"""InfoBatch: the selection rule on hand-computed score tables, annealing, weighting and a full fit."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import ToyModel, toy_datamodule, trainer_kwargs
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_pruning import pruning_loss
+from lightning_pruning.methods.base import Harvest
+from lightning_pruning.methods.infobatch import InfoBatch, infobatch_keep_probability, infobatch_select
+from lightning_pruning.methods.registry import METHODS
+from lightning_pruning.selection import make_generator
+
+
+def harvest(indices: list[int] | torch.Tensor, losses: list[float] | torch.Tensor, epoch: int = 0) -> Harvest:
+    indices = torch.as_tensor(indices, dtype=torch.int64)
+    steps = torch.zeros_like(indices)
+    return Harvest(epoch, indices, torch.as_tensor(losses, dtype=torch.float32), steps, steps)
+
+
+def as_dict(indices: torch.Tensor, weights: torch.Tensor) -> dict[int, float]:
+    return dict(zip(indices.tolist(), weights.tolist(), strict=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# The pure selection rule.
+def test_keep_probability_is_clamped_like_the_reference() -> None:
+    assert infobatch_keep_probability(0.0) == 1.0
+    assert infobatch_keep_probability(0.5) == 0.5
+    assert infobatch_keep_probability(0.9) == pytest.approx(0.1)
+    assert infobatch_keep_probability(0.95) == 0.1
+    assert infobatch_keep_probability(0.999) == 0.1
+
+
+def test_hand_computed_selection_at_half() -> None:
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.4, 5.0, 6.0])  # mean 2.0, samples 0..3 well-learned
+    decision = infobatch_select(scores, 0.5, make_generator(0, 1))
+    assert decision.threshold == pytest.approx(2.0)
+    assert decision.num_well_learned == 4
+    chosen = as_dict(decision.indices, decision.weights)
+    assert chosen[4] == 1.0 and chosen[5] == 1.0
+    learned = {i: w for i, w in chosen.items() if i < 4}
+    assert len(learned) == 2  # floor(0.5 * 4)
+    assert set(learned.values()) == {2.0}
+    assert len(chosen) == 4 and decision.indices.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    ("prune_ratio", "kept_learned", "weight"),
+    [(0.0, 4, 1.0), (0.25, 3, 4 / 3), (0.75, 1, 4.0), (0.6, 1, 2.5), (0.95, 0, 10.0)],
+)
+def test_number_of_kept_well_learned_is_floored(prune_ratio: float, kept_learned: int, weight: float) -> None:
+    scores = torch.tensor([0.1, 0.2, 0.3, 0.4, 5.0, 6.0])
+    decision = infobatch_select(scores, prune_ratio, make_generator(3, 2))
+    chosen = as_dict(decision.indices, decision.weights)
+    learned = [i for i in chosen if i < 4]
+    assert len(learned) == kept_learned
+    assert all(chosen[i] == pytest.approx(weight) for i in learned)
+    assert chosen[4] == chosen[5] == 1.0
+
+
+def test_floor_is_robust_to_float_noise() -> None:
+    scores = torch.cat([torch.zeros(20), torch.full((5,), 10.0)])  # 20 well-learned
+    decision = infobatch_select(scores, 0.55, make_generator(0, 1))  # 1 - 0.55 = 0.44999999999999996
+    assert decision.indices.numel() == 5 + 9
+
+
+def test_ties_and_scores_at_the_threshold_are_kept() -> None:
+    equal = infobatch_select(torch.full((5,), 0.7), 0.5, make_generator(0, 1))
+    assert sorted(equal.indices.tolist()) == [0, 1, 2, 3, 4]
+    assert equal.num_well_learned == 0 and torch.equal(equal.weights, torch.ones(5))
+    # Score 2.0 equals the mean (1 + 2 + 3) / 3: not strictly below, so it is always kept with weight 1.
+    at_mean = infobatch_select(torch.tensor([1.0, 2.0, 3.0]), 0.5, make_generator(0, 1))
+    assert at_mean.num_well_learned == 1
+    assert as_dict(at_mean.indices, at_mean.weights) == {1: 1.0, 2: 1.0}  # floor(0.5 * 1) = 0 kept
+
+
+def test_unscored_samples_do_not_count_and_are_kept() -> None:
+    scores = torch.tensor([1.0, 3.0, 0.0, 0.0])
+    scored = torch.tensor([True, True, False, False])
+    decision = infobatch_select(scores, 0.0, make_generator(0, 1), scored)
+    assert decision.threshold == pytest.approx(2.0)  # not (1 + 3) / 4
+    assert decision.num_well_learned == 1
+    assert as_dict(decision.indices, decision.weights) == {0: 1.0, 1: 1.0, 2: 1.0, 3: 1.0}
+
+
+def test_well_learned_draw_is_uniform() -> None:
+    scores = torch.tensor([0.0, 0.0, 0.0, 0.0, 10.0])
+    hits = torch.zeros(5)
+    for seed in range(800):
+        decision = infobatch_select(scores, 0.5, make_generator(seed, 1))
+        hits[decision.indices] += 1
+    assert hits[4] == 800
+    assert torch.allclose(hits[:4] / 800, torch.full((4,), 0.5), atol=0.06)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    losses=st.lists(st.floats(0.0, 10.0, width=32), min_size=1, max_size=60),
+    percent=st.integers(0, 99),
+    seed=st.integers(0, 2**31),
+)
+def test_selection_properties(losses: list[float], percent: int, seed: int) -> None:
+    prune_ratio = percent / 100
+    scores = torch.tensor(losses, dtype=torch.float32)
+    decision = infobatch_select(scores, prune_ratio, make_generator(seed, 1))
+    again = infobatch_select(scores, prune_ratio, make_generator(seed, 1))
+    assert torch.equal(decision.indices, again.indices) and torch.equal(decision.weights, again.weights)
+    indices = decision.indices
+    assert indices.unique().numel() == indices.numel()
+    assert int(indices.min()) >= 0 and int(indices.max()) < scores.numel()
+    learned = scores < decision.threshold
+    num_learned = int(learned.sum())
+    keep = max(1.0 - prune_ratio, 0.1)
+    exact_keep = max(Fraction(100 - percent, 100), Fraction(1, 10))  # the decimal the user meant
+    assert decision.num_well_learned == num_learned
+    assert indices.numel() == scores.numel() - num_learned + math.floor(exact_keep * num_learned)
+    assert bool(torch.isin(torch.nonzero(~learned).squeeze(1), indices).all())  # hard samples always kept
+    expected_weights = torch.where(learned[indices], 1.0 / keep, 1.0)
+    assert torch.allclose(decision.weights, expected_weights)
+
+
+# --------------------------------------------------------------------------------------------------
+# The callback without Lightning.
+def test_arguments_are_validated() -> None:
+    with pytest.raises(ValueError, match="prune_ratio"):
+        InfoBatch(prune_ratio=1.0)
+    with pytest.raises(ValueError, match="prune_ratio"):
+        InfoBatch(prune_ratio=-0.1)
+    with pytest.raises(ValueError, match="delta"):
+        InfoBatch(delta=0.0)
+    with pytest.raises(ValueError, match="delta"):
+        InfoBatch(delta=1.5)
+    assert METHODS["infobatch"] is InfoBatch
+
+
+def test_scores_are_overwritten_not_averaged() -> None:
+    method = InfoBatch(seed=0)
+    method.num_samples = 4
+    method.reset(4)
+    full = method.select(0, make_generator(0, 0))
+    assert torch.equal(full.indices, torch.arange(4)) and full.weights is None
+    method.update(harvest([0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0]))
+    method.update(harvest([1, 3], [9.0, 0.5], epoch=1))
+    assert torch.equal(method.scores, torch.tensor([1.0, 9.0, 3.0, 0.5]))
+    selection = method.select(2, make_generator(0, 2))
+    assert selection.stats["threshold"] == pytest.approx(13.5 / 4)  # stale scores 1.0 and 3.0 included
+    assert selection.stats["well_learned_fraction"] == 0.75
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "first_annealed"),
+    [(90, 79), (100, 88), (300, 263), (8, 7), (16, 14)],
+)
+def test_annealing_epochs_follow_delta(max_epochs: int, first_annealed: int) -> None:
+    # 0.875 * 90 = 78.75, * 100 = 87.5, * 300 = 262.5: the reference's `==` test never fires there.
+    method = InfoBatch(delta=0.875)
+    method._max_epochs = max_epochs  # what setup() takes from the Trainer
+    annealed = [epoch for epoch in range(max_epochs) if method.is_full_epoch(epoch)]
+    assert annealed == list(range(first_annealed, max_epochs))
+
+
+def test_state_round_trip_decides_identically() -> None:
+    generator = torch.Generator().manual_seed(5)
+    losses = torch.rand(50, generator=generator)
+    first = InfoBatch(seed=1)
+    first.num_samples = 50
+    first.reset(50)
+    first.update(harvest(torch.arange(50), losses))
+    restored = InfoBatch(seed=1)
+    restored.num_samples = 50
+    restored.reset(50)
+    restored.load_state_dict(first.state_dict())
+    a, b = first.select(1, make_generator(1, 1)), restored.select(1, make_generator(1, 1))
+    assert torch.equal(a.indices, b.indices)
+    assert a.weights is not None and b.weights is not None and torch.equal(a.weights, b.weights)
+
+
+# --------------------------------------------------------------------------------------------------
+# Lightning fits.
+class WeightCheckingModel(ToyModel):
+    """Checks every step that the back-propagated gradient is that of mean(w_i * loss_i).
+
+    The expected weights are recomputed from the callback's score table, independently of its
+    selection: a sample scoring below the mean has weight 1/(1-r) in a pruned epoch, 1 otherwise.
+    """
+
+    def __init__(self, prune_ratio: float) -> None:
+        super().__init__()
+        self.prune_ratio = prune_ratio
+        self.expected_grads: list[torch.Tensor] = []
+        self.checked_steps = 0
+        self.weighted_steps = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        self.seen_batches.append(int(y.numel()))
+        callback = next(cb for cb in self.trainer.callbacks if isinstance(cb, InfoBatch))
+        ids = self.trainer.datamodule.batch_indices(batch_idx)
+        losses = F.cross_entropy(self(x), y, reduction="none")
+        out = pruning_loss(self, losses)
+        weights = torch.ones(ids.numel())
+        if not callback.is_full_epoch(self.current_epoch) and self.current_epoch > 0:
+            threshold = callback.scores.mean()
+            weights[callback.scores[ids] < threshold] = 1.0 / (1.0 - self.prune_ratio)
+        self.weighted_steps += int(bool((weights != 1.0).any()))
+        manual = (weights * losses).mean()
+        torch.testing.assert_close(out["loss"], manual)
+        self.expected_grads = list(torch.autograd.grad(manual, list(self.parameters()), retain_graph=True))
+        return out
+
+    def on_after_backward(self) -> None:
+        for parameter, expected in zip(self.parameters(), self.expected_grads, strict=True):
+            assert parameter.grad is not None
+            torch.testing.assert_close(parameter.grad, expected)
+        self.checked_steps += 1
+
+
+def test_backpropagated_gradient_is_the_weighted_mean() -> None:
+    model = WeightCheckingModel(prune_ratio=0.5)
+    callback = InfoBatch(prune_ratio=0.5, delta=0.75, seed=0)
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(max_epochs=4))
+    trainer.fit(model, datamodule=toy_datamodule(64, 8))
+    assert model.checked_steps == len(model.seen_batches) > 0
+    assert model.weighted_steps > 0  # the weights were really exercised
+
+
+def test_full_fit_prunes_and_anneals() -> None:
+    callback = InfoBatch(prune_ratio=0.5, delta=0.5, seed=0)  # 0.5 * 5 = 2.5: epochs 3 and 4 anneal
+    model = ToyModel()
+    trainer = pl.Trainer(callbacks=[callback], **trainer_kwargs(max_epochs=5))
+    trainer.fit(model, datamodule=toy_datamodule(96, 8))
+    history = {int(entry["epoch"]): entry for entry in callback.history}
+    assert sorted(history) == [0, 1, 2, 3, 4]
+    for epoch in (0, 3, 4):  # full data, weights 1
+        assert history[epoch]["kept_fraction"] == 1.0 and "mean_weight" not in history[epoch]
+    for epoch in (1, 2):
+        entry = history[epoch]
+        assert 0.0 < entry["well_learned_fraction"] < 1.0
+        learned = round(entry["well_learned_fraction"] * 96)
+        assert entry["epoch_samples"] == 96 - learned + learned // 2
+        assert entry["max_weight"] == 2.0
+    assert 0.0 < callback.saved_fraction < 0.5
+    assert sum(model.seen_batches) == callback.samples_trained
+    assert "pruning/threshold" in trainer.callback_metrics
+    assert "pruning/well_learned_fraction" in trainer.callback_metrics
