@@ -6,7 +6,17 @@ Add a pruning callback to the Trainer, serve the data through :class:`PruningDat
 
 from lightning_pruning.data import PruningDataModule, SubsetSampler, load_fashion_mnist, load_fashion_mnist_lt
 from lightning_pruning.loss import pruning_loss
-from lightning_pruning.methods import METHODS, RCAP, RS2, Harvest, PruningCallback, RandomPruning, Selection
+from lightning_pruning.methods import (
+    METHODS,
+    RCAP,
+    RS2,
+    Harvest,
+    InfoBatch,
+    PruningCallback,
+    RandomPruning,
+    RePB,
+    Selection,
+)
 from lightning_pruning.metrics import PerClassAccuracy, WorstClassAccuracy
 
 __version__ = "0.1.0"
@@ -16,10 +26,12 @@ __all__ = [
     "RCAP",
     "RS2",
     "Harvest",
+    "InfoBatch",
     "PerClassAccuracy",
     "PruningCallback",
     "PruningDataModule",
     "RandomPruning",
+    "RePB",
     "Selection",
     "SubsetSampler",
     "WorstClassAccuracy",

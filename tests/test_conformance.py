@@ -133,7 +133,8 @@ def test_ddp_decision_equals_single_process_decision(name: str, tmp_path: Path) 
     fit(make_method(name), record_to=tmp_path, strategy="ddp_fork", devices=2)
     epochs = torch.load(tmp_path / "rank0.pt", weights_only=True)["epochs"]
     replay = make_method(name)
-    fit(replay, max_epochs=1)  # a single-process setup on the same data
+    labels = ToyDataset(NUM_SAMPLES).targets if replay.needs_labels else None
+    replay.prepare(NUM_SAMPLES, labels=labels, max_epochs=EPOCHS)  # one process, no trainer
     for epoch in range(1, EPOCHS):
         replay.load_state_dict(epochs[epoch - 1]["state_after_harvest"])
         assert torch.equal(replay.decide(epoch).indices, epochs[epoch]["subset"])
