@@ -1,10 +1,26 @@
 """The pruning methods, one module each, all registered in :data:`METHODS`."""
 
+from lightning_pruning.methods.bandits import UCB, EpsilonGreedy
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.infobatch import InfoBatch
+from lightning_pruning.methods.orderdp import OrderDP
 from lightning_pruning.methods.random import RS2, RandomPruning
 from lightning_pruning.methods.rcap import RCAP
 from lightning_pruning.methods.registry import METHODS, register
 from lightning_pruning.methods.repb import RePB
 
-__all__ = ["METHODS", "RCAP", "RS2", "InfoBatch", "RePB", "Harvest", "PruningCallback", "RandomPruning", "Selection", "register"]
+__all__ = [
+    "METHODS",
+    "RCAP",
+    "RS2",
+    "UCB",
+    "EpsilonGreedy",
+    "Harvest",
+    "InfoBatch",
+    "OrderDP",
+    "PruningCallback",
+    "RandomPruning",
+    "RePB",
+    "Selection",
+    "register",
+]
