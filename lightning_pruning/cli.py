@@ -1,0 +1,163 @@
+"""The ``lightning-pruning`` command: a LightningCLI with a ready classifier, Fashion-MNIST and any pruning callback.
+
+Examples::
+
+    lightning-pruning fit --config configs/rcap.yaml
+    lightning-pruning fit --trainer.callbacks+=RandomPruning --trainer.callbacks.prune_ratio=0.5
+    lightning-pruning fit --config configs/full.yaml --model.backbone cnn --data.long_tailed true
+    lightning-pruning fit --help                                    # all options, and every method's arguments
+    lightning-pruning fit --trainer.callbacks.help RCAP             # one method's arguments
+
+The model is :class:`~lightning_pruning.models.ImageClassifier` and the data
+:class:`~lightning_pruning.data.fashion_mnist_datamodule.FashionMNISTDataModule` (both configurable
+under ``model.`` and ``data.``); ``python -m lightning_pruning.cli`` is the same command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+import textwrap
+from collections.abc import Iterable
+from typing import Any
+
+from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+
+import lightning_pruning.methods as _methods
+from lightning_pruning.data.fashion_mnist_datamodule import FashionMNISTDataModule
+from lightning_pruning.methods.base import PruningCallback
+from lightning_pruning.methods.registry import METHODS
+from lightning_pruning.models import ImageClassifier
+
+#: Trainer settings of the command (each can be overridden with ``--trainer.<name>`` or in YAML). A pruning
+#: callback forces ``reload_dataloaders_every_n_epochs=1`` itself, so nothing here touches it.
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "accelerator": "auto",
+    "devices": 1,
+    "max_epochs": 5,
+    "log_every_n_steps": 10,
+    # A CSV file per run, so the worst-class accuracy of every epoch is in the log without extra packages.
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {"save_dir": ".", "name": "lightning_logs"},
+    },
+}
+
+
+def import_all_methods() -> None:
+    """Imports every module of :mod:`lightning_pruning.methods`, so each method is registered and its class can
+    be named by its short name (``--trainer.callbacks+=RCAP``)."""
+    for module in pkgutil.iter_modules(_methods.__path__):
+        importlib.import_module(f"{_methods.__name__}.{module.name}")
+
+
+def _argument_docs(cls: type) -> dict[str, str]:
+    """``{argument: help text}`` from the ``Args:`` section of ``cls``'s Google-style docstring."""
+    try:
+        from docstring_parser import parse
+    except ImportError:  # pragma: no cover - docstring-parser is a dependency of the CLI
+        return {}
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # subclasses override the base's descriptions
+        if klass.__doc__ and issubclass(klass, PruningCallback):
+            docs.update({p.arg_name: " ".join((p.description or "").split()) for p in parse(klass.__doc__).params})
+    accepted = inspect.signature(cls).parameters
+    return {name: text for name, text in docs.items() if name in accepted}
+
+
+def describe_methods(methods: Iterable[tuple[str, type[PruningCallback]]] | None = None, width: int = 100) -> str:
+    """A plain-text listing of every registered pruning callback with its arguments, defaults and help text."""
+    if methods is None:
+        import_all_methods()
+        methods = sorted(METHODS.items())
+    lines = [
+        "pruning callbacks (add one: --trainer.callbacks+=NAME --trainer.callbacks.ARG=VALUE, or in YAML under",
+        "trainer.callbacks with class_path/init_args; details: --trainer.callbacks.help NAME):",
+    ]
+    for name, cls in methods:
+        summary = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+        lines += ["", f"  {cls.__name__} ({cls.__module__}.{cls.__name__}, registered as {name!r})"]
+        lines += textwrap.wrap(summary, width, initial_indent="    ", subsequent_indent="    ")
+        docs = _argument_docs(cls)
+        for parameter in inspect.signature(cls).parameters.values():
+            if parameter.name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            default = "" if parameter.default is parameter.empty else f" (default: {parameter.default!r})"
+            head = f"      --trainer.callbacks.{parameter.name}{default}"
+            lines.append(head)
+            help_text = docs.get(parameter.name, "")
+            if help_text:
+                lines += textwrap.wrap(help_text, width, initial_indent="          ", subsequent_indent="          ")
+    return "\n".join(lines)
+
+
+class _KeepLinesFormatter(DefaultHelpFormatter):
+    """jsonargparse's help layout, but descriptions and epilogs keep their line breaks."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+class PruningCLI(LightningCLI):
+    """LightningCLI with the project's defaults: :class:`ImageClassifier`, :class:`FashionMNISTDataModule`, a
+    CSV logger, and a short summary after ``fit``."""
+
+    def after_fit(self) -> None:
+        """Prints the final validation accuracy, worst-class accuracy, saved fraction and the metrics file."""
+        _print_summary(self.trainer)
+
+
+@rank_zero_only
+def _print_summary(trainer: Any) -> None:
+    metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
+    pruner = next((cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)), None)
+    parts = [f"{key} {metrics[key]:.4f}" for key in ("val/acc", "val/worst_class_acc") if key in metrics]
+    if pruner is not None:
+        parts.append(f"{type(pruner).__name__} saved {100 * pruner.saved_fraction:.1f}% of the sample passes")
+    else:
+        parts.append("full data")
+    print("\n[lightning-pruning] " + ", ".join(parts), flush=True)
+    logger = trainer.logger
+    if logger is not None and getattr(logger, "log_dir", None):
+        print(f"[lightning-pruning] metrics of every epoch: {os.path.join(logger.log_dir, 'metrics.csv')}", flush=True)
+
+
+def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> PruningCLI:
+    """Builds (and by default runs) the command.
+
+    Args:
+        args: command-line arguments (default: ``sys.argv[1:]``); a dict or list as in ``LightningCLI``.
+        run: run the subcommand (``fit``, ``validate``, ``test``, ``predict``); ``False`` only instantiates.
+        kwargs: other arguments of ``LightningCLI``.
+    """
+    import_all_methods()
+    epilog = describe_methods()
+    formatting = {"epilog": epilog, "formatter_class": _KeepLinesFormatter}
+    main_kwargs = {
+        **formatting,
+        "prog": "lightning-pruning",
+        "description": "Train an image classifier with dynamic data pruning (a LightningCLI).",
+    }
+    parser_kwargs: dict[str, Any] = {**main_kwargs, "fit": dict(formatting)}
+    options: dict[str, Any] = {
+        "trainer_defaults": TRAINER_DEFAULTS,
+        "save_config_kwargs": {"overwrite": True},
+        "auto_configure_optimizers": False,
+        "parser_kwargs": parser_kwargs,
+        "seed_everything_default": 0,
+    }
+    options.update(kwargs)
+    return PruningCLI(ImageClassifier, FashionMNISTDataModule, args=args, run=run, **options)
+
+
+def main() -> None:
+    """Entry point of the ``lightning-pruning`` console script."""
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

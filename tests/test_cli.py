@@ -1,0 +1,147 @@
+"""The ``lightning-pruning`` command: every shipped config runs, and the help documents every method."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch.cli import LightningCLI
+
+from lightning_pruning.cli import cli_main, describe_methods, import_all_methods
+from lightning_pruning.data.fashion_mnist_datamodule import FashionMNISTDataModule
+from lightning_pruning.methods.base import PruningCallback
+from lightning_pruning.methods.registry import METHODS
+from lightning_pruning.models import ImageClassifier
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+import_all_methods()
+# The tests hand the arguments over in-process, while sys.argv holds pytest's own.
+pytestmark = pytest.mark.filterwarnings("ignore:.*LightningCLI's args parameter.*")
+
+
+def tiny(tmp_path: Path, epochs: int = 2) -> list[str]:
+    """Command-line overrides that shrink a run to about a second."""
+    return [
+        f"--trainer.max_epochs={epochs}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.enable_checkpointing=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--data.train_subset=192",
+        "--data.eval_subset=128",
+        "--data.batch_size=64",
+    ]
+
+
+def read_metrics(cli: LightningCLI) -> list[dict[str, str]]:
+    with open(Path(cli.trainer.logger.log_dir) / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_one_config_per_registered_method_and_a_baseline() -> None:
+    names = {path.stem for path in CONFIGS}
+    assert names == set(METHODS) | {"full"}
+    for path in CONFIGS:
+        config = yaml.safe_load(path.read_text())
+        callbacks = config["trainer"].get("callbacks") or []
+        if path.stem == "full":
+            assert callbacks == []
+        else:
+            (callback,) = callbacks
+            module, _, name = callback["class_path"].rpartition(".")
+            assert METHODS[path.stem] is getattr(sys.modules[module], name)
+            # Every setting in the file is a real constructor argument of the method.
+            assert set(callback["init_args"]) <= set(inspect.signature(METHODS[path.stem].__init__).parameters)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_every_shipped_config_runs(config: Path, tmp_path: Path) -> None:
+    cli = cli_main(["fit", f"--config={config}", *tiny(tmp_path)])
+    trainer = cli.trainer
+    assert isinstance(cli.model, ImageClassifier)
+    assert isinstance(cli.datamodule, FashionMNISTDataModule)
+    assert trainer.current_epoch == 2
+    assert trainer.reload_dataloaders_every_n_epochs == (0 if config.stem == "full" else 1)
+    pruners = [callback for callback in trainer.callbacks if isinstance(callback, PruningCallback)]
+    if config.stem == "full":
+        assert pruners == []
+    else:
+        (pruner,) = pruners
+        assert type(pruner) is METHODS[config.stem]
+        assert len(pruner.history) == 2
+    rows = read_metrics(cli)
+    worst = [float(row["val/worst_class_acc"]) for row in rows if row["val/worst_class_acc"]]
+    assert len(worst) == 2 and all(0.0 <= value <= 1.0 for value in worst)
+    if pruners:
+        assert any(row.get("pruning/saved_fraction") for row in rows)
+
+
+def test_callback_from_command_line_shorthand(tmp_path: Path) -> None:
+    args = ["fit", "--trainer.callbacks+=RandomPruning", "--trainer.callbacks.prune_ratio=0.75", *tiny(tmp_path)]
+    cli = cli_main(args)
+    (pruner,) = [callback for callback in cli.trainer.callbacks if isinstance(callback, PruningCallback)]
+    assert type(pruner).__name__ == "RandomPruning"
+    assert pruner.prune_ratio == 0.75
+    assert [entry["epoch_samples"] for entry in pruner.history] == [48, 48]  # round(0.25 * 192)
+    assert cli.trainer.reload_dataloaders_every_n_epochs == 1
+
+
+def test_defaults_apply_the_trainer_settings(tmp_path: Path) -> None:
+    cli = cli_main(["--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    trainer = cli.trainer
+    assert trainer.max_epochs == 5
+    assert type(trainer.logger).__name__ == "CSVLogger"
+    assert cli.datamodule.batch_size == 128 and cli.model.hparams["backbone"] == "mlp"
+
+
+def test_model_and_data_options(tmp_path: Path) -> None:
+    args = ["--model.backbone=cnn", "--data.long_tailed=true", "--data.imbalance=10", "--data.train_subset=5000"]
+    cli = cli_main([*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    cli.datamodule.setup("fit")
+    counts = cli.datamodule.train_dataset.targets.bincount().tolist()
+    assert len(cli.datamodule.train_dataset) == 5000 and counts[0] > 3 * counts[-1]
+    assert cli.model.hparams["backbone"] == "cnn"
+
+
+def test_help_lists_every_callback_argument_with_its_help_text() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "lightning_pruning.cli", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    text = " ".join(result.stdout.split())
+    assert "--trainer.callbacks" in text and "--data.train_subset" in text and "--model.backbone" in text
+    listing = " ".join(describe_methods().split())
+    assert listing in text
+    for name, cls in METHODS.items():
+        assert f"{cls.__module__}.{cls.__name__}, registered as '{name}'" in text
+        from lightning_pruning.cli import _argument_docs
+
+        docs = _argument_docs(cls)
+        for parameter in list(inspect.signature(cls.__init__).parameters)[1:]:
+            assert f"--trainer.callbacks.{parameter}" in listing
+            assert docs.get(parameter), f"{cls.__name__}.{parameter} has no help text in its docstring"
+            assert " ".join(docs[parameter].split()) in listing
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_lightning_help_of_each_callback_shows_its_docstring(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cls = METHODS[name]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--trainer.callbacks.help", cls.__name__])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    from lightning_pruning.cli import _argument_docs
+
+    for parameter, help_text in _argument_docs(cls).items():
+        assert f"--trainer.callbacks.{parameter}" in text
+        assert " ".join(help_text.split()[:6]) in text
