@@ -4,7 +4,13 @@ Add a pruning callback to the Trainer, serve the data through :class:`PruningDat
 ``training_step`` with :func:`pruning_loss`.
 """
 
-from lightning_pruning.data import PruningDataModule, SubsetSampler, load_fashion_mnist, load_fashion_mnist_lt
+from lightning_pruning.data import (
+    FashionMNISTDataModule,
+    PruningDataModule,
+    SubsetSampler,
+    load_fashion_mnist,
+    load_fashion_mnist_lt,
+)
 from lightning_pruning.loss import pruning_loss
 from lightning_pruning.methods import (
     METHODS,
@@ -21,6 +27,7 @@ from lightning_pruning.methods import (
     Selection,
 )
 from lightning_pruning.metrics import PerClassAccuracy, WorstClassAccuracy
+from lightning_pruning.models import ImageClassifier
 
 __version__ = "0.1.0"
 
@@ -30,7 +37,9 @@ __all__ = [
     "RS2",
     "UCB",
     "EpsilonGreedy",
+    "FashionMNISTDataModule",
     "Harvest",
+    "ImageClassifier",
     "InfoBatch",
     "OrderDP",
     "PerClassAccuracy",

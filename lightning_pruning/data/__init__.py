@@ -7,10 +7,12 @@ from lightning_pruning.data.fashion_mnist import (
     load_fashion_mnist_lt,
     long_tailed_indices,
 )
+from lightning_pruning.data.fashion_mnist_datamodule import FashionMNISTDataModule
 from lightning_pruning.data.labels import LabelsNotFoundError, contiguous_labels, find_labels, resolve_labels
 from lightning_pruning.data.sampler import SubsetSampler
 
 __all__ = [
+    "FashionMNISTDataModule",
     "LabelsNotFoundError",
     "PruningDataModule",
     "SubsetProvider",
