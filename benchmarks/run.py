@@ -116,17 +116,16 @@ def adaptive_methods() -> list[tuple[str, str, dict[str, Any]]]:
 
 def make_profile(name: str) -> Profile:
     if name == "quick":
+        fixed = fixed_budget_methods()
         return Profile(
-            epochs=2,
+            epochs=3,
             seeds=[0],
             datasets=["fashion_mnist"],
             fixed_budget={
-                "Random*": ("random", {}),
-                **{k: v for k, v in fixed_budget_methods().items() if k == "RCAP (subset mass)"},
+                label: fixed[label] for label in ("Random*", "RS2", "OrderDP", "RCAP (subset mass)") if label in fixed
             },
             fixed_ratios=[0.5],
             adaptive=[entry for entry in adaptive_methods() if entry[2] in ({"prune_ratio": 0.5}, {"rho": 0.5})],
-            train_subset=20_000,
         )
     if name == "smoke":  # the test suite's: a few hundred samples
         return Profile(
@@ -138,6 +137,22 @@ def make_profile(name: str) -> Profile:
             adaptive=[],
             train_subset=300,
             test_subset=200,
+        )
+    if name == "rcap_sweep":  # RCAP's temperature and class signal at the hardest ratio
+        return Profile(
+            epochs=12,
+            seeds=[0, 1],
+            datasets=["fashion_mnist_lt", "fashion_mnist"],
+            fixed_budget={
+                "Random*": ("random", {}),
+                **{
+                    f"RCAP ({signal}, β={beta})": ("rcap", {"class_signal": signal, "beta": beta})
+                    for signal in ("loss", "subset_mass")
+                    for beta in (0.25, 0.5, 1.0, 2.0)
+                },
+            },
+            fixed_ratios=[0.9],
+            adaptive=[],
         )
     if name == "full":
         return Profile(
@@ -163,7 +178,7 @@ def load_runs(path: Path) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", choices=["quick", "full", "smoke"])
+    parser.add_argument("--profile", default="quick", choices=["quick", "full", "smoke", "rcap_sweep"])
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmark_results/<profile>)")
     parser.add_argument("--docs", type=Path, default=None, help="also write the report into this folder")
     args = parser.parse_args(argv)
@@ -194,10 +209,22 @@ def main(argv: list[str] | None = None) -> Path:
                 handle.write(json.dumps(record) + "\n")
             done[spec.key] = record
             progress.update(1)
+    if args.profile == "full" and not (out / "overhead.json").exists():
+        print("overhead micro-benchmark (selection time against N, harvesting overhead) ...", flush=True)
+        import overhead
+
+        overhead.main(["--out", str(out)])
     records = [done[spec.key] for spec in specs]
     report = build_report(records, out, command=f"python benchmarks/run.py --profile {args.profile}")
     if args.docs is not None:
-        build_report(records, args.docs, command=f"python benchmarks/run.py --profile {args.profile}")
+        args.docs.mkdir(parents=True, exist_ok=True)
+        for name in ("overhead.json", "overhead.md"):
+            if (out / name).exists():
+                (args.docs / name).write_text((out / name).read_text())
+        build_report(records, args.docs, command=f"python benchmarks/run.py --profile {args.profile} --docs {args.docs}")
+        from docs_page import write_page
+
+        print(f"wrote {write_page()}")
     print(report.read_text())
     return report
 

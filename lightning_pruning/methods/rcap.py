@@ -243,13 +243,14 @@ class RCAP(PruningCallback):
     Args:
         prune_ratio: fraction of the training set dropped in every pruned epoch, in ``[0, 1)``.
         beta: softmax temperature of the within-class sampling (> 0). Small values approach "the
-            highest losses of each class", large values approach uniform sampling. The default 1.0 is
-            provisional until the benchmark sweep picks one.
+            highest losses of each class", large values approach uniform sampling. The default 1.0 won
+            the benchmark sweep (docs/methods/rcap.md).
         clip: losses are clipped to ``[0, clip]`` before use (> 0); ``None`` takes ``ln C`` (the loss
             of a uniform prediction over C classes).
         class_signal: what drives the class split: ``"subset_mass"`` (the released code: softmax mass
             of the class's samples trained last epoch, close to square-root-frequency) or ``"loss"`` (the
-            paper's wording: the class's summed loss). The default is provisional until the benchmark.
+            paper's wording: the class's summed loss). ``"subset_mass"`` won the benchmark sweep on
+            worst-class accuracy; ``"loss"`` starves rare classes on long-tailed data.
         seed: seed of the draws (default: rank 0's ``torch.initial_seed()``).
         warmup_epochs: first epochs trained on the full data.
         annealing_fraction: final share of epochs trained on the full data.
