@@ -8,6 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = Path(__file__).resolve().parent / "page_template.md"
+# The plain-language reading of the committed results, written by a person after looking at them.
+READING = Path(__file__).resolve().parent / "reading.md"
 # Generated part -> the report that holds it, relative to docs/.
 PARTS = {
     "results": "benchmarks/results.md",
@@ -28,6 +30,7 @@ def _strip_generated_marker(markdown: str) -> str:
 def write_page(docs: Path = ROOT / "docs") -> Path:
     """Fills every ``{{part}}`` of the template with its generated report (or a note that it is missing)."""
     page = TEMPLATE.read_text()
+    page = page.replace("{{reading}}", READING.read_text().strip() if READING.exists() else "")
     for name, relative in PARTS.items():
         report = docs / relative
         if report.exists():
