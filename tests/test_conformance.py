@@ -204,3 +204,36 @@ def test_harvest_with_accumulation_and_precision(name: str, precision: str) -> N
         positions = {index: position for position, index in enumerate(entry["rank_order"].tolist())}
         expected_batches = torch.tensor([positions[index] // BATCH_SIZE for index in harvest.indices.tolist()])
         assert torch.equal(harvest.batch_idx, expected_batches)
+
+
+class HarvestRecorder(Callback):
+    """Writes every harvest this rank's pruning method receives to ``out`` (DDP runs in other processes)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.harvests: list[dict[str, Any]] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        method = next(cb for cb in trainer.callbacks if isinstance(cb, PruningCallback))
+        original = method.update
+
+        def record(harvest: Harvest) -> None:
+            self.harvests.append({"indices": harvest.indices, "steps": harvest.steps})
+            original(harvest)
+
+        method.update = record  # type: ignore[method-assign]
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        torch.save(self.harvests, self.out / f"harvest{trainer.global_rank}.pt")
+
+
+def test_under_ddp_a_step_holds_every_ranks_samples(tmp_path: Path) -> None:
+    """RePB's windows are built from harvest.steps: one step must hold both ranks' batches of that step."""
+    fit(make_method("repb"), HarvestRecorder(tmp_path), strategy="ddp_fork", devices=2)
+    per_rank = [torch.load(tmp_path / f"harvest{rank}.pt", weights_only=True) for rank in range(2)]
+    for first, second in zip(*per_rank, strict=True):
+        assert torch.equal(first["indices"], second["indices"]) and torch.equal(first["steps"], second["steps"])
+        steps, counts = torch.unique(first["steps"], return_counts=True)
+        # two ranks x a batch of 8 per step; only the epoch's last step may be short
+        assert bool((counts[:-1] == 2 * BATCH_SIZE).all())
+        assert first["indices"].unique().numel() == first["indices"].numel()

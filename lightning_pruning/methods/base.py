@@ -143,7 +143,12 @@ class PruningCallback(Callback):
     # Public read-outs.
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(**{name: getattr(self, name) for name in self.key_arguments})
+        # Lightning reads this on every hook call (profiler labels): build it once, the arguments are fixed.
+        key = self.__dict__.get("_state_key")
+        if key is None:
+            key = self._generate_state_key(**{name: getattr(self, name) for name in self.key_arguments})
+            self.__dict__["_state_key"] = key
+        return key
 
     @property
     def kept_fraction(self) -> float:
@@ -353,11 +358,15 @@ class PruningCallback(Callback):
             dense[self._subset] = self._weights
             self._dense_weights = dense.to(device, non_blocking=True)
         self._batch_slice = slice(0, 0)
+        self._last_batch_idx = trainer.num_training_batches - 1
         record = self.history[-1]
         pl_module.log_dict(
             {f"pruning/{name}": value for name, value in record.items() if name != "epoch"},
             on_step=False,
             on_epoch=True,
+            # The values are identical on every rank. With rank_zero_only the "sync" is a no-op in Lightning;
+            # sync_dist=True only stops its advice to sync epoch-level values under DDP.
+            sync_dist=True,
             rank_zero_only=True,
         )
 
@@ -393,16 +402,17 @@ class PruningCallback(Callback):
                 f"{type(self).__name__} needs the per-sample losses of every batch: end training_step with "
                 "`return lightning_pruning.pruning_loss(self, F.cross_entropy(logits, y, reduction='none'))`."
             )
-        if per_sample.numel() != self._batch_slice.stop - self._batch_slice.start:
+        batch_slice = self._batch_slice
+        if per_sample.numel() != batch_slice.stop - batch_slice.start:
             raise ValueError(
                 f"training_step returned {per_sample.numel()} per-sample losses for a batch of "
-                f"{self._batch_slice.stop - self._batch_slice.start} samples."
+                f"{batch_slice.stop - batch_slice.start} samples."
             )
         pending = self._pending_losses
         assert pending is not None, "on_train_epoch_start did not run for this epoch"
-        pending[self._batch_slice] = per_sample.detach().reshape(-1).to(torch.float32)
-        self._filled = self._batch_slice.stop
-        if batch_idx + 1 >= trainer.num_training_batches:
+        pending[batch_slice] = per_sample.detach().reshape(-1)  # the copy casts bf16/fp16 to float32
+        self._filled = batch_slice.stop
+        if batch_idx >= self._last_batch_idx:
             # Fold the epoch in now, before validation and any end-of-epoch checkpoint.
             self._flush(trainer)
         self.overhead_seconds += time.perf_counter() - started
@@ -459,6 +469,7 @@ class PruningCallback(Callback):
         self._dense_weights = None
         self._filled = 0
         self._batch_slice = slice(0, 0)
+        self._last_batch_idx = 0
 
     def _check_selection(self, selection: Selection) -> None:
         indices = selection.indices
