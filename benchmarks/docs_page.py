@@ -3,6 +3,7 @@ generated reports (tables, plots, overhead figures), so no number on the page is
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -27,10 +28,52 @@ def _strip_generated_marker(markdown: str) -> str:
     return "\n".join(line for line in markdown.splitlines() if not line.startswith("<!-- generated"))
 
 
+_METRICS = "test_acc|worst_class_acc|saved_fraction|speedup|speedup_vs_ideal"
+_FIGURE = re.compile(r"\{\{(" + _METRICS + r"):([^:}]+):([^:}]+):([^}]*)\}\}")
+
+
+def _settings_match(settings: dict[str, object], wanted: str) -> bool:
+    if wanted in ("", "-"):
+        return not settings
+    pairs = dict(item.split("=", 1) for item in wanted.split(","))
+    return all(str(settings.get(key)) == value for key, value in pairs.items())
+
+
+def fill_figures(text: str, summary: list[dict[str, object]]) -> str:
+    """Replaces ``{{metric:dataset:method:key=value,...}}`` by the number from the benchmark summary, so
+    the reading quotes the measured results instead of retyping them.
+
+    Raises:
+        KeyError: if a placeholder matches no row (a stale reading must not pass silently).
+    """
+
+    def figure(match: re.Match[str]) -> str:
+        metric, dataset, method, wanted = match.groups()
+        rows = [
+            row
+            for row in summary
+            if row["dataset"] == dataset and row["method"] == method and _settings_match(row["settings"], wanted)  # type: ignore[arg-type]
+        ]
+        if len(rows) != 1:
+            raise KeyError(f"{match.group(0)} matches {len(rows)} benchmark rows")
+        value = float(rows[0][metric])  # type: ignore[arg-type]
+        if metric in ("test_acc", "worst_class_acc"):
+            return f"{100 * value:.2f}%"
+        if metric == "saved_fraction":
+            return f"{100 * value:.1f}%"
+        return f"{value:.2f}" + ("x" if metric == "speedup" else "")
+
+    return _FIGURE.sub(figure, text)
+
+
 def write_page(docs: Path = ROOT / "docs") -> Path:
     """Fills every ``{{part}}`` of the template with its generated report (or a note that it is missing)."""
     page = TEMPLATE.read_text()
-    page = page.replace("{{reading}}", READING.read_text().strip() if READING.exists() else "")
+    reading = READING.read_text().strip() if READING.exists() else ""
+    results = docs / "benchmarks" / "results.json"
+    if results.exists():
+        reading = fill_figures(reading, json.loads(results.read_text())["summary"])
+    page = page.replace("{{reading}}", reading)
     for name, relative in PARTS.items():
         report = docs / relative
         if report.exists():

@@ -94,7 +94,7 @@ def plot_accuracy(rows: list[dict[str, Any]], dataset: str, key: str, path: Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(8.5, 4.5))
     full = [row for row in rows if row["dataset"] == dataset and row["method"] == "full"]
     if full:
         axis.axhline(100 * full[0][key], color="black", linestyle="--", linewidth=1, label="full data")
@@ -108,7 +108,7 @@ def plot_accuracy(rows: list[dict[str, Any]], dataset: str, key: str, path: Path
     axis.set_ylabel("test accuracy (%)" if key == "test_acc" else "worst-class test accuracy (%)")
     axis.set_title(f"{dataset}: {'mean' if key == 'test_acc' else 'worst-class'} accuracy against saving")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the lines stay visible
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

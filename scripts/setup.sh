@@ -14,8 +14,9 @@ fi
 # the library itself states ranges in pyproject.toml.
 TORCH_PIN="torch==2.14.1 torchvision==0.29.1"
 STAMP=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
-# pip's "Location ... is ignored" lines about this machine's local wheel folders are noise.
-quiet_pip() { .venv/bin/pip install -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+# pip's output (build-backend notices, this machine's local-index warnings) goes to a log that is
+# shown only when an install fails.
+quiet_pip() { .venv/bin/pip install -q "$@" >>.venv/pip.log 2>&1 || { cat .venv/pip.log; exit 1; }; }
 if [ ! -f "$STAMP" ]; then
   echo "setting up .venv (torch, lightning, this package) ..."
   python3 -m venv .venv
