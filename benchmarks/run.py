@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> Path:
         for name in ("overhead.json", "overhead.md"):
             if (out / name).exists():
                 (args.docs / name).write_text((out / name).read_text())
-        build_report(records, args.docs, command=f"python benchmarks/run.py --profile {args.profile} --docs {args.docs}")
+        build_report(
+            records, args.docs, command=f"python benchmarks/run.py --profile {args.profile} --docs {args.docs}"
+        )
         from docs_page import write_page
 
         print(f"wrote {write_page()}")

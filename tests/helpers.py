@@ -91,3 +91,38 @@ def trainer_kwargs(**overrides: Any) -> dict[str, Any]:
     }
     kwargs.update(overrides)
     return kwargs
+
+
+class WeightedGradientCheck(ToyModel):
+    """Checks every step that the back-propagated gradient is that of ``mean(w_i * loss_i)``.
+
+    Subclasses give the expected weights of a batch (computed independently of the callback); the
+    gradient Lightning back-propagates is compared with a manual one in ``on_after_backward``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected_grads: list[Tensor] = []
+        self.checked_steps = 0
+        self.weighted_steps = 0
+
+    def expected_weights(self, batch_indices: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        x, y = batch
+        self.seen_batches.append(int(y.numel()))
+        weights = self.expected_weights(self.trainer.datamodule.batch_indices(batch_idx))
+        self.weighted_steps += int(bool((weights != 1.0).any()))
+        losses = F.cross_entropy(self(x), y, reduction="none")
+        out = pruning_loss(self, losses)
+        manual = (weights * losses).mean()
+        torch.testing.assert_close(out["loss"], manual)
+        self.expected_grads = list(torch.autograd.grad(manual, list(self.parameters()), retain_graph=True))
+        return out
+
+    def on_after_backward(self) -> None:
+        for parameter, expected in zip(self.parameters(), self.expected_grads, strict=True):
+            assert parameter.grad is not None
+            torch.testing.assert_close(parameter.grad, expected)
+        self.checked_steps += 1

@@ -233,7 +233,7 @@ def test_under_ddp_a_step_holds_every_ranks_samples(tmp_path: Path) -> None:
     per_rank = [torch.load(tmp_path / f"harvest{rank}.pt", weights_only=True) for rank in range(2)]
     for first, second in zip(*per_rank, strict=True):
         assert torch.equal(first["indices"], second["indices"]) and torch.equal(first["steps"], second["steps"])
-        steps, counts = torch.unique(first["steps"], return_counts=True)
+        _, counts = torch.unique(first["steps"], return_counts=True)
         # two ranks x a batch of 8 per step; only the epoch's last step may be short
         assert bool((counts[:-1] == 2 * BATCH_SIZE).all())
         assert first["indices"].unique().numel() == first["indices"].numel()

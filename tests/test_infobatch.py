@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import ToyModel, toy_datamodule, trainer_kwargs
+from helpers import ToyModel, WeightedGradientCheck, toy_datamodule, trainer_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_pruning import pruning_loss
 from lightning_pruning.methods.base import Harvest
 from lightning_pruning.methods.infobatch import InfoBatch, infobatch_keep_probability, infobatch_select
 from lightning_pruning.methods.registry import METHODS
@@ -187,42 +184,21 @@ def test_state_round_trip_decides_identically() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Lightning fits.
-class WeightCheckingModel(ToyModel):
-    """Checks every step that the back-propagated gradient is that of mean(w_i * loss_i).
-
-    The expected weights are recomputed from the callback's score table, independently of its
-    selection: a sample scoring below the mean has weight 1/(1-r) in a pruned epoch, 1 otherwise.
-    """
+class WeightCheckingModel(WeightedGradientCheck):
+    """The expected weights are recomputed from the callback's score table, independently of its
+    selection: a sample scoring below the mean has weight 1/(1-r) in a pruned epoch, 1 otherwise."""
 
     def __init__(self, prune_ratio: float) -> None:
         super().__init__()
         self.prune_ratio = prune_ratio
-        self.expected_grads: list[torch.Tensor] = []
-        self.checked_steps = 0
-        self.weighted_steps = 0
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        x, y = batch
-        self.seen_batches.append(int(y.numel()))
+    def expected_weights(self, batch_indices: torch.Tensor) -> torch.Tensor:
         callback = next(cb for cb in self.trainer.callbacks if isinstance(cb, InfoBatch))
-        ids = self.trainer.datamodule.batch_indices(batch_idx)
-        losses = F.cross_entropy(self(x), y, reduction="none")
-        out = pruning_loss(self, losses)
-        weights = torch.ones(ids.numel())
+        weights = torch.ones(batch_indices.numel())
         if not callback.is_full_epoch(self.current_epoch) and self.current_epoch > 0:
             threshold = callback.scores.mean()
-            weights[callback.scores[ids] < threshold] = 1.0 / (1.0 - self.prune_ratio)
-        self.weighted_steps += int(bool((weights != 1.0).any()))
-        manual = (weights * losses).mean()
-        torch.testing.assert_close(out["loss"], manual)
-        self.expected_grads = list(torch.autograd.grad(manual, list(self.parameters()), retain_graph=True))
-        return out
-
-    def on_after_backward(self) -> None:
-        for parameter, expected in zip(self.parameters(), self.expected_grads, strict=True):
-            assert parameter.grad is not None
-            torch.testing.assert_close(parameter.grad, expected)
-        self.checked_steps += 1
+            weights[callback.scores[batch_indices] < threshold] = 1.0 / (1.0 - self.prune_ratio)
+        return weights
 
 
 def test_backpropagated_gradient_is_the_weighted_mean() -> None:

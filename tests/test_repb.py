@@ -7,12 +7,10 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import ToyModel, toy_datamodule, trainer_kwargs
+from helpers import ToyModel, WeightedGradientCheck, toy_datamodule, trainer_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_pruning import pruning_loss
 from lightning_pruning.methods.base import Harvest
 from lightning_pruning.methods.registry import METHODS
 from lightning_pruning.methods.repb import (
@@ -227,43 +225,23 @@ def test_state_round_trip_decides_identically() -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Lightning fits.
-class CountingModel(ToyModel):
-    """Checks every step that the gradient is that of mean(w_i * loss_i) with w_i = E / N_i.
-
-    N_i is counted here from the batches the model actually trained on, independently of the callback.
-    """
+class CountingModel(WeightedGradientCheck):
+    """Expects w_i = E / N_i, with N_i counted here from the batches the model actually trained on,
+    independently of the callback."""
 
     def __init__(self) -> None:
         super().__init__()
         self.trained_in: list[set[int]] = []
-        self.expected_grads: list[torch.Tensor] = []
-        self.checked_steps = 0
-        self.weighted_steps = 0
 
     def on_train_epoch_start(self) -> None:
         self.trained_in.append(set())
 
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
-        x, y = batch
-        self.seen_batches.append(int(y.numel()))
-        ids = self.trainer.datamodule.batch_indices(batch_idx).tolist()
+    def expected_weights(self, batch_indices: torch.Tensor) -> torch.Tensor:
+        ids = batch_indices.tolist()
         self.trained_in[-1].update(ids)
         epoch = self.current_epoch
         counts = torch.tensor([sum(i in seen for seen in self.trained_in[:epoch]) for i in ids], dtype=torch.float32)
-        weights = torch.ones(len(ids)) if epoch == 0 else epoch / counts
-        self.weighted_steps += int(bool((weights != 1.0).any()))
-        losses = F.cross_entropy(self(x), y, reduction="none")
-        out = pruning_loss(self, losses)
-        manual = (weights * losses).mean()
-        torch.testing.assert_close(out["loss"], manual)
-        self.expected_grads = list(torch.autograd.grad(manual, list(self.parameters()), retain_graph=True))
-        return out
-
-    def on_after_backward(self) -> None:
-        for parameter, expected in zip(self.parameters(), self.expected_grads, strict=True):
-            assert parameter.grad is not None
-            torch.testing.assert_close(parameter.grad, expected)
-        self.checked_steps += 1
+        return torch.ones(len(ids)) if epoch == 0 else epoch / counts
 
 
 def test_backpropagated_gradient_is_the_ctr_weighted_mean() -> None:
