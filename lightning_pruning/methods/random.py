@@ -11,6 +11,7 @@ from torch import Tensor
 from lightning_pruning.methods.base import PruningCallback, Selection
 from lightning_pruning.methods.registry import register
 from lightning_pruning.selection import (
+    ClassLayout,
     budget,
     check_prune_ratio,
     make_generator,
@@ -49,6 +50,15 @@ class _PermutationStream:
             return head
         # The permutation ran out: complete the chunk from a fresh one (excluding nothing, as in RS2).
         return torch.cat([head, self.permutation(first + 1)[: size - head.numel()]])
+
+
+def random_star_subset(
+    num_samples: int, size: int, generator: torch.Generator, layout: ClassLayout | None = None
+) -> Tensor:
+    """Random*'s draw: ``size`` distinct uniform indices, split over classes by size when ``layout`` is given."""
+    if layout is None:
+        return uniform_subset(num_samples, size, generator)
+    return stratified_uniform_subset(layout, stratified_counts(layout.counts, size), generator)
 
 
 def rs2_chunk(num_samples: int, size: int, round_index: int, seed: int) -> Tensor:
@@ -90,11 +100,8 @@ class RandomPruning(PruningCallback):
 
     def select(self, epoch: int, generator: torch.Generator) -> Selection:
         size = budget(self.prune_ratio, self.num_samples)
-        if self.stratified:
-            assert self.class_layout is not None
-            per_class = stratified_counts(self.class_layout.counts, size)
-            return Selection(stratified_uniform_subset(self.class_layout, per_class, generator))
-        return Selection(uniform_subset(self.num_samples, size, generator))
+        layout = self.class_layout if self.stratified else None
+        return Selection(random_star_subset(self.num_samples, size, generator, layout))
 
 
 @register("rs2")
@@ -156,11 +163,8 @@ class RS2(PruningCallback):
     def select(self, epoch: int, generator: torch.Generator) -> Selection:
         size = budget(self.prune_ratio, self.num_samples)
         if self.replacement:
-            if self.stratified:
-                assert self.class_layout is not None
-                per_class = stratified_counts(self.class_layout.counts, size)
-                return Selection(stratified_uniform_subset(self.class_layout, per_class, generator))
-            return Selection(uniform_subset(self.num_samples, size, generator))
+            layout = self.class_layout if self.stratified else None
+            return Selection(random_star_subset(self.num_samples, size, generator, layout))
         round_index = epoch - self.warmup_epochs
         streams = self._permutation_streams()
         if not self.stratified:
