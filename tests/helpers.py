@@ -144,8 +144,9 @@ class TrainedIds(pl.Callback):
         self.out = out
         self.batches: list[tuple[int, int, Tensor]] = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self.batches.append((trainer.current_epoch, batch_idx, batch[2].detach().cpu().clone()))
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -155,6 +156,9 @@ class TrainedIds(pl.Callback):
 
 def indexed_datamodule(num_samples: int = 96, batch_size: int = 8, **kwargs: Any) -> PruningDataModule:
     return PruningDataModule(
-        IndexedToyDataset(num_samples), ToyDataset(30, seed=1), batch_size=batch_size, seed=kwargs.pop("seed", 0),
+        IndexedToyDataset(num_samples),
+        ToyDataset(30, seed=1),
+        batch_size=batch_size,
+        seed=kwargs.pop("seed", 0),
         **kwargs,
     )
