@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_pruning.data.datamodule import PruningDataModule, find_subset_provider
+from lightning_pruning.data.loader_state import trained_batches
 from lightning_pruning.data.sampler import SubsetSampler
 from lightning_pruning.loss import PER_SAMPLE_LOSS_KEY
 from lightning_pruning.selection import ClassLayout, make_generator
@@ -411,6 +412,8 @@ class PruningCallback(Callback):
             partial is None or partial[0] != epoch or partial[1].numel() != sampler.start
         ):
             have = "none" if partial is None else f"{partial[1].numel()} positions of epoch {partial[0]}"
+            if partial is None and self._missing_state_cause is not None:
+                have += f" ({self._missing_state_cause})"
             raise RuntimeError(
                 f"{type(self).__name__}: the checkpoint resumes epoch {epoch} after {sampler.start} trained samples, "
                 f"but the callback state holds the losses of {have}. The training loader's position and the "
@@ -494,6 +497,10 @@ class PruningCallback(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending_losses is not None:
+            if epoch_cut_short(trainer):
+                # max_time / should_stop ended the epoch early: keep the harvest open, so a checkpoint saved now
+                # resumes the rest of the epoch (see on_save_checkpoint); teardown folds it in otherwise.
+                return
             self._flush(trainer)
         record = self.history[-1] if self.history else {}
         if record.get("epoch") == trainer.current_epoch and "trained_samples" in record:
@@ -513,6 +520,14 @@ class PruningCallback(Callback):
         state = checkpoint.get("callbacks", {}).get(self.state_key)
         if state is not None:
             state["partial"] = self._partial_harvest(trainer)
+            if self._pending_losses is not None and epoch_cut_short(trainer):
+                mark_mid_epoch(checkpoint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # An epoch cut short by max_time / max_steps / should_stop stays open until every checkpoint of the run
+        # (ModelCheckpoint(save_last=True) saves in on_train_end) is written; then its trained part counts.
+        if stage == "fit" and self._pending_losses is not None:
+            self._flush(trainer)
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -650,6 +665,28 @@ class PruningCallback(Callback):
                 saved_fraction=self.saved_fraction,
             )
         self.update(harvest)
+
+
+def epoch_cut_short(trainer: pl.Trainer) -> bool:
+    """Whether Lightning counts the current epoch as processed although its last batch was not trained
+    (``max_time``, ``max_steps`` or ``should_stop`` ended it)."""
+    progress = trainer.fit_loop.epoch_progress.current
+    return progress.processed == progress.started and trained_batches(trainer) < trainer.num_training_batches
+
+
+def mark_mid_epoch(checkpoint: dict[str, Any]) -> None:
+    """Marks a checkpoint saved at the end of an epoch cut short as saved mid-epoch.
+
+    Lightning counts an epoch ended by ``max_time`` or ``should_stop`` as processed, so a resumed run would skip
+    the rest of it. Un-counting it makes the resumed run finish the epoch from the next batch, exactly like the
+    uninterrupted run (the loader position and the harvest so far are in the checkpoint).
+    """
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+    if fit_loop is None:
+        return
+    for counters in ("total", "current"):
+        progress = fit_loop["epoch_progress"][counters]
+        progress["processed"] = progress["completed"] = progress["started"] - 1
 
 
 def epoch_steps(
