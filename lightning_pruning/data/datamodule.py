@@ -200,6 +200,11 @@ class PruningDataModule(pl.LightningDataModule):
                 "the training set is empty (0 samples): there is nothing to train or prune. Check the dataset "
                 "passed to PruningDataModule (or the wrapped DataModule's train_dataloader())."
             )
+        trainer = self.trainer
+        if stage == "fit" and trainer is not None and find_subset_provider(trainer) is None:
+            # Full-data run: still build the loader per epoch, so every epoch has its own shuffle and an epoch
+            # resumed mid-way does not leave its resume position in the next one (pruning callbacks do the same).
+            trainer.reload_dataloaders_every_n_epochs = 1
         if stage == "fit" or self.seed is None:
             # Every fit resolves its own seed (a seed sweep reusing this object must not freeze the first one);
             # an explicit seed stays, and a resumed run takes the checkpoint's (load_state_dict runs after setup).

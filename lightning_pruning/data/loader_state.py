@@ -56,3 +56,15 @@ class ResumableDataLoader(DataLoader[Any]):
             return
         if state_dict["epoch"] == sampler.epoch and state_dict["position"] > 0:
             sampler.resume(state_dict, self.batch_size)
+            if state_dict["world_size"] != sampler.num_replicas:
+                self._update_lightning_limit()
+
+    def _update_lightning_limit(self) -> None:
+        """Re-sharded over another world size, the resumed epoch has another length than a fresh one; Lightning
+        read the loader length (its batch limit) just before restoring this state, so it is set again here."""
+        from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
+        from lightning.pytorch.trainer.states import RunningStage
+
+        combined = getattr(self.trainer.fit_loop, "_combined_loader", None) if self.trainer is not None else None
+        if combined is not None and self.trainer is not None and len(combined.flattened) == 1:
+            combined.limits = [_parse_num_batches(RunningStage.TRAINING, len(self), self.trainer.limit_train_batches)]
