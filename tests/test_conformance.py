@@ -340,7 +340,7 @@ def test_resume_from_any_step_is_exact_with_workers(name: str, tmp_path: Path) -
     workers = {"num_workers": 2, "persistent_workers": True}
     reference, ids, method = fit_ids(name, step_checkpoints(tmp_path), datamodule_kwargs=workers)
     ends = epoch_ends(ids.batches)
-    for step in (ends[0] + 1, ends[1], (ends[1] + ends[2]) // 2):
+    for step in (ends[0] + 1, (ends[1] + ends[2]) // 2):  # epoch 1's first batch, mid epoch 2
         model, resumed_ids, resumed = fit_ids(
             name, ckpt_path=str(tmp_path / f"step={step}.ckpt"), datamodule_kwargs=workers
         )
@@ -357,7 +357,7 @@ def test_resume_from_any_step_is_exact_under_ddp(name: str, tmp_path: Path) -> N
     reference, _, _ = fit_ids(name, step_checkpoints(tmp_path / "steps"), out=tmp_path / "ref", **ddp)
     expected = [torch.load(tmp_path / "ref" / f"ids{rank}.pt", weights_only=True) for rank in range(2)]
     ends = epoch_ends(expected[0])
-    for step in (ends[0], ends[0] + 1, (ends[1] + ends[2]) // 2):
+    for step in (ends[0], (ends[1] + ends[2]) // 2):  # epoch 0's last batch, mid epoch 2
         out = tmp_path / f"resume{step}"
         out.mkdir()
         model, _, _ = fit_ids(name, out=out, ckpt_path=str(tmp_path / "steps" / f"step={step}.ckpt"), **ddp)
