@@ -71,7 +71,8 @@ class PruningDataModule(pl.LightningDataModule):
     Give it datasets, or an existing ``LightningDataModule`` whose training set it wraps (validation,
     test and predict loaders pass through). The training loader keeps the user's dataset, collate
     function and worker settings; only its sampler is replaced by a :class:`SubsetSampler`. Without a
-    pruning callback on the Trainer every epoch trains on the full, shuffled training set, so one
+    pruning callback on the Trainer every epoch trains on the full training set, reshuffled every epoch
+    (the DataModule sets ``Trainer(reload_dataloaders_every_n_epochs=1)``; the loader object is reused), so one
     DataModule serves the full-data baseline and the pruned runs alike.
 
     Args:

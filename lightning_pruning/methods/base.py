@@ -287,7 +287,7 @@ class PruningCallback(Callback):
                 "passed to PruningDataModule (or the wrapped DataModule's train_dataloader())."
             )
         warn_if_state_stays_in_workers(self, trainer)
-        if self._fits and self.history:
+        if self._fits and self.history and trainer.ckpt_path is None:
             rank_zero_warn(
                 f"{type(self).__name__}: a second trainer.fit with the same callback starts a new run: its state and "
                 "`history` are reset (resume with ckpt_path=... to continue a run instead)."
