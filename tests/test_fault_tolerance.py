@@ -130,6 +130,29 @@ def test_on_exception_checkpoint_resumes_exactly(where: str, tmp_path: Path) -> 
     assert_same_decisions(method, again)
 
 
+class SigtermAt(Callback):
+    """Flags SIGTERM at one step, as Lightning's SIGTERM handler does (a cluster preempting the job)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            trainer._signal_connector.received_sigterm = True  # what its SIGTERM handler sets
+
+
+def test_sigterm_with_on_exception_checkpoint_resumes_exactly(tmp_path: Path) -> None:
+    reference, ids, method = run()
+    signalled = epoch_ends(ids.batches)[1] + 2  # Lightning stops after this batch: it is trained
+    with pytest.raises(SystemExit):
+        run(OnExceptionCheckpoint(tmp_path), SigtermAt(signalled), enable_checkpointing=True)
+    model, resumed, again = run(ckpt_path=tmp_path / "on_exception.ckpt")
+    assert_same_batches(ids.batches[signalled + 1 :], resumed.batches)
+    assert_same_weights(reference, model)
+    assert method is not None and again is not None
+    assert_same_decisions(method, again)
+
+
 class StopAtStep(Callback):
     """Stops training after optimizer step ``step``, exactly as Trainer(max_time=...)'s Timer does."""
 

@@ -44,7 +44,9 @@ class Harvest:
     """The per-sample training losses of one epoch, gathered from every rank (CPU tensors).
 
     Padding duplicates added by the distributed sampler are excluded, so every entry is one sample
-    actually trained once in the epoch's subset.
+    actually trained once in the epoch's subset. Entries follow the epoch order (rank ``r``'s ``j``-th sample
+    is position ``j * world + r``), so an epoch interrupted by a checkpoint and resumed hands over exactly the
+    same tensors as an uninterrupted one.
 
     Attributes:
         epoch: the epoch the losses come from.
