@@ -295,6 +295,7 @@ class PruningCallback(Callback):
                 "`history` are reset (resume with ckpt_path=... to continue a run instead)."
             )
         self._fits += 1
+        self._missing_state_cause = None  # set again by on_load_checkpoint when this fit resumes
         # Every fit resolves its own seed (a seed sweep reusing this callback must not freeze the first one); an
         # explicit seed stays, and a resumed run takes the checkpoint's (load_state_dict runs after setup).
         seed = self._requested_seed
