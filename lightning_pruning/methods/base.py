@@ -508,7 +508,7 @@ class PruningCallback(Callback):
         record = self.history[-1] if self.history else {}
         if record.get("epoch") == trainer.current_epoch and "trained_samples" in record:
             pl_module.log_dict(
-                {f"pruning/{name}": record[name] for name in ("trained_samples", "saved_fraction")},
+                {f"pruning/{name}": record[name] for name in _LOGGED_AT_EPOCH_END[1:]},
                 on_step=False,
                 on_epoch=True,
                 sync_dist=True,
