@@ -126,3 +126,39 @@ class WeightedGradientCheck(ToyModel):
             assert parameter.grad is not None
             torch.testing.assert_close(parameter.grad, expected)
         self.checked_steps += 1
+
+
+class IndexedToyDataset(ToyDataset):
+    """The same data with each sample's dataset index as a third element, so a test can read the trained ids
+    from the batches themselves (the library adds nothing to batches; this test dataset does)."""
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int]:  # type: ignore[override]
+        return self.inputs[index], int(self.targets[index]), index
+
+
+class TrainedIds(pl.Callback):
+    """Records the dataset ids of every trained batch (from the batch itself), per epoch; optionally writes them
+    to ``out/ids{rank}.pt`` at the end of training (DDP ranks run in other processes)."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out
+        self.batches: list[tuple[int, int, Tensor]] = []
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.batches.append((trainer.current_epoch, batch_idx, batch[2].detach().cpu().clone()))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.out is not None:
+            torch.save(self.batches, self.out / f"ids{trainer.global_rank}.pt")
+
+
+def indexed_datamodule(num_samples: int = 96, batch_size: int = 8, **kwargs: Any) -> PruningDataModule:
+    return PruningDataModule(
+        IndexedToyDataset(num_samples),
+        ToyDataset(30, seed=1),
+        batch_size=batch_size,
+        seed=kwargs.pop("seed", 0),
+        **kwargs,
+    )

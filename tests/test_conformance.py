@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import ToyDataset, ToyModel, toy_datamodule, trainer_kwargs
+from helpers import ToyDataset, ToyModel, TrainedIds, indexed_datamodule, toy_datamodule, trainer_kwargs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_pruning import METHODS, PruningCallback, PruningDataModule
@@ -237,3 +237,130 @@ def test_under_ddp_a_step_holds_every_ranks_samples(tmp_path: Path) -> None:
         # two ranks x a batch of 8 per step; only the epoch's last step may be short
         assert bool((counts[:-1] == 2 * BATCH_SIZE).all())
         assert first["indices"].unique().numel() == first["indices"].numel()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exact resume from any training step (issue 10).
+class CrashAt(Callback):
+    """Raises at the start of the batch after optimizer step ``step`` (that step's checkpoint is saved)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+def step_checkpoints(directory: Path) -> ModelCheckpoint:
+    return ModelCheckpoint(dirpath=directory, filename="{step}", every_n_train_steps=1, save_top_k=-1)
+
+
+def fit_ids(
+    name: str,
+    *extra: Callback,
+    out: Path | None = None,
+    datamodule_kwargs: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> tuple[ToyModel, TrainedIds, PruningCallback]:
+    """A run over the indexed toy data recording the trained ids; returns (model, ids, method)."""
+    method = make_method(name)
+    ids = TrainedIds(out)
+    torch.manual_seed(0)
+    model = ToyModel()
+    ckpt_path = overrides.pop("ckpt_path", None)
+    overrides.setdefault("max_epochs", EPOCHS)
+    overrides.setdefault("enable_checkpointing", any(isinstance(cb, ModelCheckpoint) for cb in extra))
+    trainer = pl.Trainer(callbacks=[method, ids, *extra], **trainer_kwargs(**overrides))
+    datamodule = indexed_datamodule(NUM_SAMPLES, BATCH_SIZE, **(datamodule_kwargs or {}))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    return model, ids, method
+
+
+def epoch_ends(batches: list[tuple[int, int, torch.Tensor]]) -> list[int]:
+    """Cumulative batch count at the end of each epoch."""
+    ends: dict[int, int] = {}
+    for position, (epoch, _, _) in enumerate(batches):
+        ends[epoch] = position + 1
+    return [ends[epoch] for epoch in sorted(ends)]
+
+
+def resume_points(batches: list[tuple[int, int, torch.Tensor]]) -> list[int]:
+    """Steps to resume from: mid epoch 0, epoch 0's last batch, epoch 1's first and last batch, mid epoch 2."""
+    ends = epoch_ends(batches)
+    return [1, ends[0], ends[0] + 1, ends[1], (ends[1] + ends[2]) // 2]
+
+
+def assert_same_batches(
+    expected: list[tuple[int, int, torch.Tensor]], got: list[tuple[int, int, torch.Tensor]]
+) -> None:
+    assert [(epoch, batch) for epoch, batch, _ in got] == [(epoch, batch) for epoch, batch, _ in expected]
+    for (epoch, batch, want), (_, _, have) in zip(expected, got, strict=True):
+        assert torch.equal(want, have), f"epoch {epoch} batch {batch} trained other samples after resume"
+
+
+def assert_same_weights(reference: pl.LightningModule, resumed: pl.LightningModule) -> None:
+    for key, value in reference.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), f"weights differ after resume: {key}"
+
+
+def assert_same_decisions(reference: PruningCallback, resumed: PruningCallback) -> None:
+    assert [entry["epoch_samples"] for entry in resumed.history] == [e["epoch_samples"] for e in reference.history]
+    assert resumed.history == reference.history
+    assert torch.equal(resumed.current_subset, reference.current_subset)
+    for key, value in reference.state_dict()["method"].items():
+        other = resumed.state_dict()["method"][key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_resume_from_any_step_is_exact(name: str, tmp_path: Path) -> None:
+    """Resuming from a step checkpoint trains exactly the uninterrupted run's remaining batches, decides the
+    same subsets and ends with bit-identical weights; checked at an epoch's first and last batch and mid-epoch."""
+    reference, ids, method = fit_ids(name, step_checkpoints(tmp_path / "steps"))
+    for step in resume_points(ids.batches):
+        model, resumed_ids, resumed = fit_ids(name, ckpt_path=str(tmp_path / "steps" / f"step={step}.ckpt"))
+        assert_same_batches(ids.batches[step:], resumed_ids.batches)
+        assert_same_weights(reference, model)
+        assert_same_decisions(method, resumed)
+    # A real crash: the run dies mid epoch 2; the newest step checkpoint resumes it exactly.
+    crash_step = resume_points(ids.batches)[-1] + 1
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_ids(name, step_checkpoints(tmp_path / "crash"), CrashAt(crash_step))
+    newest = max((tmp_path / "crash").glob("step=*.ckpt"), key=lambda path: int(path.stem.split("=")[1]))
+    assert newest.name == f"step={crash_step}.ckpt"
+    model, resumed_ids, resumed = fit_ids(name, ckpt_path=str(newest))
+    assert_same_batches(ids.batches[crash_step:], resumed_ids.batches)
+    assert_same_weights(reference, model)
+    assert_same_decisions(method, resumed)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_resume_from_any_step_is_exact_with_workers(name: str, tmp_path: Path) -> None:
+    workers = {"num_workers": 2, "persistent_workers": True}
+    reference, ids, method = fit_ids(name, step_checkpoints(tmp_path), datamodule_kwargs=workers)
+    ends = epoch_ends(ids.batches)
+    for step in (ends[0] + 1, (ends[1] + ends[2]) // 2):  # epoch 1's first batch, mid epoch 2
+        model, resumed_ids, resumed = fit_ids(
+            name, ckpt_path=str(tmp_path / f"step={step}.ckpt"), datamodule_kwargs=workers
+        )
+        assert_same_batches(ids.batches[step:], resumed_ids.batches)
+        assert_same_weights(reference, model)
+        assert_same_decisions(method, resumed)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_resume_from_any_step_is_exact_under_ddp(name: str, tmp_path: Path) -> None:
+    """Both ranks restart from the newest step checkpoint and continue exactly as the uninterrupted run."""
+    ddp = {"strategy": "ddp_fork", "devices": 2}
+    (tmp_path / "ref").mkdir()
+    reference, _, _ = fit_ids(name, step_checkpoints(tmp_path / "steps"), out=tmp_path / "ref", **ddp)
+    expected = [torch.load(tmp_path / "ref" / f"ids{rank}.pt", weights_only=True) for rank in range(2)]
+    ends = epoch_ends(expected[0])
+    for step in (ends[0], (ends[1] + ends[2]) // 2):  # epoch 0's last batch, mid epoch 2
+        out = tmp_path / f"resume{step}"
+        out.mkdir()
+        model, _, _ = fit_ids(name, out=out, ckpt_path=str(tmp_path / "steps" / f"step={step}.ckpt"), **ddp)
+        for rank in range(2):
+            assert_same_batches(expected[rank][step:], torch.load(out / f"ids{rank}.pt", weights_only=True))
+        assert_same_weights(reference, model)

@@ -13,7 +13,8 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 
 from lightning_pruning.data.labels import contiguous_labels, resolve_labels
-from lightning_pruning.data.sampler import SubsetSampler
+from lightning_pruning.data.loader_state import ResumableDataLoader
+from lightning_pruning.data.sampler import Orderer, SubsetSampler
 from lightning_pruning.selection import derive_seed
 
 # Stream id of the DataLoader's worker base seed (see `SubsetSampler` for the shuffle stream).
@@ -70,7 +71,8 @@ class PruningDataModule(pl.LightningDataModule):
     Give it datasets, or an existing ``LightningDataModule`` whose training set it wraps (validation,
     test and predict loaders pass through). The training loader keeps the user's dataset, collate
     function and worker settings; only its sampler is replaced by a :class:`SubsetSampler`. Without a
-    pruning callback on the Trainer every epoch trains on the full, shuffled training set, so one
+    pruning callback on the Trainer every epoch trains on the full training set, reshuffled every epoch
+    (the DataModule sets ``Trainer(reload_dataloaders_every_n_epochs=1)``; the loader object is reused), so one
     DataModule serves the full-data baseline and the pruned runs alike.
 
     Args:
@@ -89,8 +91,16 @@ class PruningDataModule(pl.LightningDataModule):
         drop_last: drop the last incomplete training batch of every epoch.
         train_labels: class label of every training sample, for methods that need labels, when the
             dataset has no ``targets``/``labels`` attribute.
-        seed: seed of the per-epoch shuffle. ``None`` takes ``torch.initial_seed()`` of rank 0 at setup
-            (so ``seed_everything`` controls it) and stores it in checkpoints.
+        seed: seed of the per-epoch shuffle. ``None`` takes ``torch.initial_seed()`` of rank 0 at the setup of
+            every fit (so ``seed_everything`` controls it); the resolved seed is stored in checkpoints and a
+            resumed run uses the checkpoint's.
+        shuffle: shuffle each epoch's subset (``False`` serves it in index order). A wrapped DataModule's
+            loader decides this itself: a ``SequentialSampler`` (``shuffle=False``) means index order.
+        orderer: optional ``orderer(subset, generator)`` giving each epoch's order instead of a uniform
+            shuffle (see :class:`SubsetSampler`); a pure function of its arguments.
+
+    The training loader is a :class:`~lightning_pruning.data.loader_state.ResumableDataLoader`, so a checkpoint
+    saved at any training step resumes at exactly the next batch of the interrupted epoch.
     """
 
     def __init__(
@@ -110,6 +120,8 @@ class PruningDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         train_labels: Tensor | Sequence[int] | None = None,
         seed: int | None = None,
+        shuffle: bool = True,
+        orderer: Orderer | None = None,
     ) -> None:
         super().__init__()
         if datamodule is None and train_dataset is None:
@@ -136,6 +148,9 @@ class PruningDataModule(pl.LightningDataModule):
         self.drop_last = drop_last
         self.explicit_labels = train_labels
         self.seed = seed
+        self._requested_seed = seed
+        self.shuffle = shuffle
+        self.orderer = orderer
         self.train_sampler: SubsetSampler | None = None
         self._loader_options: dict[str, Any] = {}
         self._train_loader: DataLoader[Any] | None = None
@@ -181,10 +196,24 @@ class PruningDataModule(pl.LightningDataModule):
             self.inner.setup(stage)
             if stage == "fit" and self.train_dataset is None:
                 self._adopt_inner_train_loader()
-        if self.seed is None:
-            seed = torch.initial_seed() & ((1 << 63) - 1)
-            if self.trainer is not None:
-                seed = self.trainer.strategy.broadcast(seed, src=0)
+        if stage == "fit" and self.train_dataset is not None and self.num_train_samples == 0:
+            raise ValueError(
+                "the training set is empty (0 samples): there is nothing to train or prune. Check the dataset "
+                "passed to PruningDataModule (or the wrapped DataModule's train_dataloader())."
+            )
+        trainer = self.trainer
+        if stage == "fit" and trainer is not None and find_subset_provider(trainer) is None:
+            # Full-data run: still build the loader per epoch, so every epoch has its own shuffle and an epoch
+            # resumed mid-way does not leave its resume position in the next one (pruning callbacks do the same).
+            trainer.reload_dataloaders_every_n_epochs = 1
+        if stage == "fit" or self.seed is None:
+            # Every fit resolves its own seed (a seed sweep reusing this object must not freeze the first one);
+            # an explicit seed stays, and a resumed run takes the checkpoint's (load_state_dict runs after setup).
+            seed = self._requested_seed
+            if seed is None:
+                seed = torch.initial_seed() & ((1 << 63) - 1)
+                if self.trainer is not None:
+                    seed = self.trainer.strategy.broadcast(seed, src=0)
             self.seed = int(seed)
 
     def teardown(self, stage: str) -> None:
@@ -214,6 +243,8 @@ class PruningDataModule(pl.LightningDataModule):
                 "replaces the sampler; remove it (shuffle=True is fine)."
             )
         self.train_dataset = loader.dataset
+        # A SequentialSampler (shuffle=False) asks for a fixed order: serve each subset in index order.
+        self.shuffle = type(loader.sampler) is RandomSampler
         self.batch_size = loader.batch_size
         self.drop_last = batch_sampler.drop_last
         self.num_workers = loader.num_workers
@@ -264,17 +295,36 @@ class PruningDataModule(pl.LightningDataModule):
         num_replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         sampler = self.train_sampler
-        if sampler is None or sampler.num_replicas != num_replicas or sampler.rank != rank:
-            sampler = SubsetSampler(subset, epoch=epoch, seed=seed, num_replicas=num_replicas, rank=rank)
+        if (
+            sampler is None
+            or sampler.num_replicas != num_replicas
+            or sampler.rank != rank
+            or sampler.shuffle != self.shuffle
+        ):
+            sampler = SubsetSampler(
+                subset,
+                epoch=epoch,
+                seed=seed,
+                num_replicas=num_replicas,
+                rank=rank,
+                shuffle=self.shuffle,
+                orderer=self.orderer,
+            )
             self.train_sampler = sampler
             self._train_loader = None
         else:
-            sampler.set_subset(subset, epoch=epoch, seed=seed)
+            sampler.set_subset(subset, epoch=epoch, seed=seed, orderer=self.orderer)
+        loader = self._train_loader
+        if loader is not None and (loader.batch_size != self.batch_size or loader.drop_last != self.drop_last):
+            # batch_size changed since the loader was built (Tuner.scale_batch_size, or by hand): rebuild it.
+            self._train_loader = None
         # The worker base seed comes from our own generator, so building an iterator does not draw
         # from the global torch RNG (which would shift the user's dropout/augmentation streams).
         self._worker_generator.manual_seed(derive_seed(seed, epoch, _WORKER_SEED_STREAM))
         if self._train_loader is None:
-            self._train_loader = DataLoader(
+            if self.batch_size < 1:
+                raise ValueError(f"`batch_size` must be >= 1, got {self.batch_size}.")
+            self._train_loader = ResumableDataLoader(
                 self.train_dataset,
                 batch_size=self.batch_size,
                 sampler=sampler,
@@ -286,6 +336,7 @@ class PruningDataModule(pl.LightningDataModule):
                 generator=self._worker_generator,
                 **self._loader_options,
             )
+        self._train_loader.trainer = trainer
         return self._train_loader
 
     def batch_indices(self, batch_idx: int) -> Tensor:
@@ -296,7 +347,7 @@ class PruningDataModule(pl.LightningDataModule):
         """
         if self.train_sampler is None:
             raise RuntimeError("no training epoch is in progress.")
-        start = batch_idx * self.batch_size
+        start = batch_idx * self.batch_size - self.train_sampler.skipped
         return self.train_sampler.rank_order[start : start + self.batch_size]
 
     # ----------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""The sampler that serves one epoch's decided subset, sharded across DDP ranks."""
+"""The sampler that serves one epoch's decided subset, sharded across DDP ranks, resumable mid-epoch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,14 +14,31 @@ from lightning_pruning.selection import make_generator
 # Stream id of the sampler's shuffle; methods use other streams of the same (seed, epoch).
 SHUFFLE_STREAM = 1
 
+#: ``orderer(subset, generator) -> order``: a custom epoch order of the subset (a permutation of it).
+Orderer = Callable[[Tensor, torch.Generator], Tensor]
+
+
+def _pad(order: Tensor, multiple: int) -> Tensor:
+    """Repeats ``order``'s first entries until its length divides ``multiple`` (as DistributedSampler pads)."""
+    padding = -order.numel() % multiple
+    if padding == 0 or order.numel() == 0:
+        return order
+    repeats = -(-padding // order.numel())
+    return torch.cat([order, order.repeat(repeats)[:padding]])
+
 
 class SubsetSampler(DistributedSampler):
     """Yields this rank's shard of an epoch's subset, in an order fixed by ``(subset, epoch, seed)``.
 
-    The subset is shuffled with a generator seeded from ``(seed, epoch)``, padded by repeating its
-    first indices until its length divides the world size (as ``DistributedSampler`` pads), and rank
-    ``r`` takes every ``num_replicas``-th index starting at ``r``. Every rank therefore yields the same
-    number of samples, and the ranks together cover exactly the subset, padding aside.
+    The subset is shuffled with a generator seeded from ``(seed, epoch)`` (or ordered by ``orderer``),
+    padded by repeating its first indices until its length divides the world size (as
+    ``DistributedSampler`` pads), and rank ``r`` takes every ``num_replicas``-th index starting at ``r``.
+    Every rank therefore yields the same number of samples, and the ranks together cover exactly the
+    subset, padding aside. With ``shuffle=False`` the subset is served in index order.
+
+    A run resumed mid-epoch calls :meth:`resume`: the sampler then yields only the part of the epoch
+    order that was not trained yet, while ``len()`` still counts the trained part, so that the loader
+    length is the one Lightning's restored batch counter runs up to.
 
     It subclasses ``DistributedSampler`` only so that Lightning does not wrap it in a second distributed
     sampler (which would pad the subset back to full size); ``set_epoch`` is ignored because the epoch
@@ -32,7 +50,9 @@ class SubsetSampler(DistributedSampler):
         seed: seed of the shuffle, identical on every rank.
         num_replicas: number of processes (the DDP world size).
         rank: this process's rank.
-        shuffle: whether to shuffle the subset; ``False`` keeps the given order.
+        shuffle: whether to shuffle the subset; ``False`` serves it in index order.
+        orderer: optional ``orderer(subset, generator)`` giving the epoch order when ``shuffle`` is on, instead
+            of a uniform shuffle; it must be a pure function of its arguments (resume and DDP rely on it).
     """
 
     def __init__(
@@ -44,6 +64,7 @@ class SubsetSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         shuffle: bool = True,
+        orderer: Orderer | None = None,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
@@ -53,45 +74,118 @@ class SubsetSampler(DistributedSampler):
         self.rank = rank
         self.shuffle = shuffle
         self.drop_last = False
-        self.set_subset(subset, epoch=epoch, seed=seed)
+        self.set_subset(subset, epoch=epoch, seed=seed, orderer=orderer)
 
-    def set_subset(self, subset: Tensor, *, epoch: int, seed: int) -> None:
+    def set_subset(self, subset: Tensor, *, epoch: int, seed: int, orderer: Orderer | None = None) -> None:
         """Points the sampler at a new epoch's subset (the DataLoader, and its workers, are reused)."""
         self.subset = subset.to(torch.int64).cpu()
         self.epoch = epoch
         self.seed = seed
+        self.orderer = orderer
         self.num_samples = -(-self.subset.numel() // self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
+        #: Global positions of the epoch order trained before this run resumed (0 on a fresh epoch).
+        self.start = 0
+        #: Local positions Lightning's restored batch counter treats as already served (``batches * batch_size``).
+        self.skipped = 0
+        self._resumed_world = self.num_replicas
         self._global_order: Tensor | None = None
         self._rank_order: Tensor | None = None
 
+    def _epoch_order(self) -> Tensor:
+        """The unpadded order of the whole epoch (before any resume)."""
+        order = self.subset
+        if not self.shuffle:
+            return torch.sort(order).values
+        if order.numel() > 1:
+            generator = make_generator(self.seed, self.epoch, SHUFFLE_STREAM)
+            if self.orderer is not None:
+                ordered = self.orderer(order, generator)
+                if ordered.shape != order.shape:
+                    raise ValueError(
+                        f"the sampler's orderer returned {tuple(ordered.shape)} indices for a subset of "
+                        f"{order.numel()}; it must return a permutation of the subset."
+                    )
+                return ordered.to(torch.int64)
+            order = order[torch.randperm(order.numel(), generator=generator)]
+        return order
+
     @property
     def global_order(self) -> Tensor:
-        """The padded epoch order over all ranks; rank ``r`` owns positions ``r, r + R, r + 2R, ...``."""
+        """The padded epoch order over all ranks: the ``start`` positions trained before a resume, then
+        the rest, padded to a multiple of the world size; rank ``r`` yields positions
+        ``start + r, start + r + R, ...``."""
         if self._global_order is None:
-            order = self.subset
-            if self.shuffle and order.numel() > 1:
-                generator = make_generator(self.seed, self.epoch, SHUFFLE_STREAM)
-                order = order[torch.randperm(order.numel(), generator=generator)]
-            padding = self.total_size - order.numel()
-            if padding > 0:
-                repeats = -(-padding // max(order.numel(), 1))
-                order = torch.cat([order, order.repeat(repeats)[:padding]])
-            self._global_order = order
+            order = self._epoch_order()
+            if self.start == 0:
+                self._global_order = _pad(order, self.num_replicas)
+            else:
+                padded = _pad(order, self._resumed_world)
+                if self._resumed_world == self.num_replicas:
+                    self._global_order = padded  # the same padding as the uninterrupted run
+                else:
+                    self._global_order = torch.cat([order[: self.start], _pad(order[self.start :], self.num_replicas)])
         return self._global_order
 
     @property
     def rank_order(self) -> Tensor:
-        """The indices this rank yields, in order (int64)."""
+        """The indices this rank yields in this run, in order (int64)."""
         if self._rank_order is None:
-            self._rank_order = self.global_order[self.rank :: self.num_replicas].contiguous()
+            self._rank_order = self.global_order[self.start + self.rank :: self.num_replicas].contiguous()
         return self._rank_order
 
+    def global_positions(self, local: Tensor) -> Tensor:
+        """Positions in :attr:`global_order` of this rank's ``local`` positions (counted from ``skipped``)."""
+        return self.start + local * self.num_replicas + self.rank
+
+    # ----------------------------------------------------------------------------------------------
+    # Resume.
+    def position_state(self, batches: int, batch_size: int) -> dict[str, Any]:
+        """The loader position after ``batches`` trained batches of this epoch (plain values)."""
+        served = max(batches * batch_size - self.skipped, 0)
+        position = min(self.start + served * self.num_replicas, self.global_order.numel())
+        return {
+            "epoch": self.epoch,
+            "batches": batches,
+            "position": position,
+            "world_size": self.num_replicas,
+            "subset_size": int(self.subset.numel()),
+            "subset_sum": int(self.subset.sum()),
+        }
+
+    def resume(self, state: dict[str, Any], batch_size: int) -> None:
+        """Continues the epoch from a :meth:`position_state` saved by an interrupted run.
+
+        The first ``state["position"]`` entries of the epoch order are not yielded again. With the same
+        world size every rank yields exactly the rest of its uninterrupted shard; with another world size
+        the rest is re-sharded over the new ranks.
+
+        Raises:
+            ValueError: if the state belongs to another subset (the checkpoint's pruning state was not restored).
+        """
+        if state["subset_size"] != self.subset.numel() or state["subset_sum"] != int(self.subset.sum()):
+            raise ValueError(
+                f"the checkpoint was saved in the middle of epoch {self.epoch} on a subset of {state['subset_size']} "
+                f"samples, but this run decided another subset ({self.subset.numel()} samples) for that epoch: the "
+                "pruning callback's state was not restored from the checkpoint (another method or arguments, or "
+                "save_weights_only=True). Resume with the same callback, or from an end-of-epoch checkpoint."
+            )
+        self._resumed_world = int(state["world_size"])
+        self.start = int(state["position"])
+        self.skipped = int(state["batches"]) * batch_size
+        self._global_order = None
+        self._rank_order = None
+
+    # ----------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[int]:
         return iter(self.rank_order.tolist())
 
     def __len__(self) -> int:
-        return self.num_samples
+        # A resumed epoch counts its trained part, so len(loader) is what Lightning's restored batch counter
+        # runs up to; only the rest is yielded.
+        if self.start == 0:
+            return self.num_samples
+        return self.skipped + self.rank_order.numel()
 
     def set_epoch(self, epoch: int) -> None:
         """Ignored: the epoch is fixed at construction (Lightning calls this on every epoch)."""

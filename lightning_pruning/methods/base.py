@@ -27,12 +27,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_pruning.data.datamodule import PruningDataModule, find_subset_provider
+from lightning_pruning.data.loader_state import trained_batches
+from lightning_pruning.data.sampler import SubsetSampler
 from lightning_pruning.loss import PER_SAMPLE_LOSS_KEY
 from lightning_pruning.selection import ClassLayout, make_generator
 
 # Stream id of a method's decision generator (the sampler's shuffle uses another stream).
 DECISION_STREAM = 0
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+# History entries known only once the epoch is trained; logged at epoch end.
+_LOGGED_AT_EPOCH_END = ("epoch", "trained_samples", "samples_trained", "saved_fraction")
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,9 @@ class Harvest:
     """The per-sample training losses of one epoch, gathered from every rank (CPU tensors).
 
     Padding duplicates added by the distributed sampler are excluded, so every entry is one sample
-    actually trained once in the epoch's subset.
+    actually trained once in the epoch's subset. Entries follow the epoch order (rank ``r``'s ``j``-th sample
+    is position ``j * world + r``), so an epoch interrupted by a checkpoint and resumed hands over exactly the
+    same tensors as an uninterrupted one.
 
     Attributes:
         epoch: the epoch the losses come from.
@@ -76,8 +82,9 @@ class PruningCallback(Callback):
     """Base class of the pruning callbacks.
 
     Args:
-        seed: seed of the method's random decisions. ``None`` takes rank 0's ``torch.initial_seed()`` at
-            setup (so ``seed_everything`` controls it); the resolved seed is stored in checkpoints.
+        seed: seed of the method's random decisions. ``None`` takes rank 0's ``torch.initial_seed()`` at the
+            setup of every fit (so ``seed_everything`` controls it); the resolved seed is stored in checkpoints
+            and a resumed run uses the checkpoint's.
         warmup_epochs: number of first epochs trained on the full data (weights 1) before pruning starts.
         annealing_fraction: the final fraction of ``max_epochs`` trained on the full data with weights 1;
             epoch ``e`` anneals when ``e >= (1 - annealing_fraction) * max_epochs``.
@@ -100,6 +107,7 @@ class PruningCallback(Callback):
                 f"got {annealing_fraction}."
             )
         self.seed = seed
+        self._requested_seed = seed
         self.warmup_epochs = warmup_epochs
         self.annealing_fraction = annealing_fraction
         # Pruning runs while epoch < prune_until * max_epochs (InfoBatch's delta sets this directly).
@@ -110,6 +118,8 @@ class PruningCallback(Callback):
         self.class_values: list[int] = []
         self.history: list[dict[str, float]] = []
         self._kept_counts: list[int] = []
+        #: Samples actually trained per harvested epoch (padding duplicates, drop_last and limits excluded).
+        self._trained_counts: list[int] = []
         self._decided_epoch = -1
         self._subset = torch.empty(0, dtype=torch.int64)
         self._weights: Tensor | None = None
@@ -121,6 +131,12 @@ class PruningCallback(Callback):
         self._datamodule: PruningDataModule | None = None
         self._pending_losses: Tensor | None = None
         self._dense_weights: Tensor | None = None
+        self._sampler: SubsetSampler | None = None
+        # A mid-epoch checkpoint's harvest so far: (epoch, losses and batch numbers of positions 0..P-1).
+        self._restored_partial: tuple[int, Tensor, Tensor] | None = None
+        self._fits = 0
+        self._missing_state_cause: str | None = None
+        self._prefix: tuple[Tensor, Tensor] | None = None
         self._clear_epoch_buffers()
 
     # ------------------------------------------------------------------------------------------------
@@ -157,14 +173,24 @@ class PruningCallback(Callback):
 
     @property
     def saved_fraction(self) -> float:
-        """1 - Σ|D_e| / (N · epochs) over the epochs decided so far."""
-        if not self._kept_counts or not self.num_samples:
+        """1 - Σ trained_e / (N · epochs) over the epochs trained so far.
+
+        ``trained_e`` counts the samples actually trained in epoch ``e`` (its harvest): the chosen subset
+        minus what ``limit_train_batches``, ``drop_last`` or an early stop left out, without the DDP
+        sampler's padding duplicates.
+        """
+        if not self._trained_counts or not self.num_samples:
             return 0.0
-        return 1.0 - sum(self._kept_counts) / (self.num_samples * len(self._kept_counts))
+        return 1.0 - sum(self._trained_counts) / (self.num_samples * len(self._trained_counts))
 
     @property
     def samples_trained(self) -> int:
-        """Σ|D_e| over the epochs decided so far."""
+        """Σ trained_e over the epochs trained so far."""
+        return sum(self._trained_counts)
+
+    @property
+    def samples_chosen(self) -> int:
+        """Σ|D_e| over the epochs decided so far (what the method chose, trained or not)."""
         return sum(self._kept_counts)
 
     @property
@@ -209,7 +235,6 @@ class PruningCallback(Callback):
         if not self.num_samples:
             self.num_samples = datamodule.num_train_samples
         total = 0
-        per_step = datamodule.batch_size * trainer.world_size
         for epoch in range(trainer.max_epochs):
             size = self.planned_subset_size(epoch)
             if size is None:
@@ -217,8 +242,16 @@ class PruningCallback(Callback):
                     f"{type(self).__name__} decides its subset size from the losses, so the step count is not "
                     "known in advance; step the LR schedule per epoch (interval='epoch') instead."
                 )
-            batches = size // per_step if datamodule.drop_last else -(-size // per_step)
-            total += math.ceil(batches / trainer.accumulate_grad_batches)
+            total += epoch_steps(
+                size,
+                batch_size=datamodule.batch_size,
+                world_size=trainer.world_size,
+                drop_last=datamodule.drop_last,
+                accumulate_grad_batches=trainer.accumulate_grad_batches,
+                limit_train_batches=trainer.limit_train_batches,
+            )
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            total = min(total, trainer.max_steps)
         return total
 
     # ------------------------------------------------------------------------------------------------
@@ -250,9 +283,25 @@ class PruningCallback(Callback):
             else:
                 rank_zero_info(f"{type(self).__name__}: reloading the training loader every epoch.")
             trainer.reload_dataloaders_every_n_epochs = 1
-        if self.seed is None:
-            seed = torch.initial_seed() & ((1 << 63) - 1)
-            self.seed = int(trainer.strategy.broadcast(seed, src=0))
+        if datamodule.num_train_samples == 0:
+            raise ValueError(
+                "the training set is empty (0 samples): there is nothing to train or prune. Check the dataset "
+                "passed to PruningDataModule (or the wrapped DataModule's train_dataloader())."
+            )
+        warn_if_state_stays_in_workers(self, trainer)
+        if self._fits and self.history and trainer.ckpt_path is None:
+            rank_zero_warn(
+                f"{type(self).__name__}: a second trainer.fit with the same callback starts a new run: its state and "
+                "`history` are reset (resume with ckpt_path=... to continue a run instead)."
+            )
+        self._fits += 1
+        self._missing_state_cause = None  # set again by on_load_checkpoint when this fit resumes
+        # Every fit resolves its own seed (a seed sweep reusing this callback must not freeze the first one); an
+        # explicit seed stays, and a resumed run takes the checkpoint's (load_state_dict runs after setup).
+        seed = self._requested_seed
+        if seed is None:
+            seed = int(trainer.strategy.broadcast(torch.initial_seed() & ((1 << 63) - 1), src=0))
+        self.seed = seed
         max_epochs = trainer.max_epochs if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
         labels, class_values = datamodule.train_labels() if self.needs_labels else (None, None)
         self.prepare(datamodule.num_train_samples, labels=labels, class_values=class_values, max_epochs=max_epochs)
@@ -282,11 +331,19 @@ class PruningCallback(Callback):
             self.class_layout = ClassLayout.from_labels(labels)
             values = torch.arange(self.class_layout.num_classes) if class_values is None else class_values
             self.class_values = [int(value) for value in values.tolist()]
+        if num_samples < 1:
+            raise ValueError(
+                f"{type(self).__name__}: the training set is empty (num_samples={num_samples}); there is nothing "
+                "to train or prune."
+            )
         self._max_epochs = max_epochs
         self.is_full_epoch(0)  # raises early when annealing needs max_epochs
         self.num_samples = num_samples
         self.history = []
         self._kept_counts = []
+        self._trained_counts = []
+        self._restored_partial = None
+        self._clear_epoch_buffers()
         self._decided_epoch = -1
         self._restored = False
         self._harvest_epoch = -1
@@ -300,7 +357,8 @@ class PruningCallback(Callback):
         if trainer.ckpt_path is not None and not self._restored and epoch > 0:
             rank_zero_warn(
                 f"{type(self).__name__}: resuming from {trainer.ckpt_path}, which holds no state for this callback "
-                "(saved with save_weights_only=True or without the callback). Pruning restarts from empty scores."
+                f"({self._missing_state_cause or 'saved with save_weights_only=True or without the callback'}). "
+                "Pruning restarts from empty scores."
             )
             self._restored = True  # warn once
         if self._harvest_epoch < epoch - 1 and self._pending_losses is not None:
@@ -314,12 +372,12 @@ class PruningCallback(Callback):
         self._kept_counts.extend([self.num_samples] * (epoch - len(self._kept_counts)))  # epochs never decided
         self._kept_counts.append(int(self._subset.numel()))
         self._decided_epoch = epoch
+        del self._trained_counts[epoch:]
         record: dict[str, float] = {
             "epoch": float(epoch),
             "kept_fraction": self.kept_fraction,
-            "saved_fraction": self.saved_fraction,
             "epoch_samples": float(self._subset.numel()),
-            "samples_trained": float(self.samples_trained),
+            "samples_chosen": float(self.samples_chosen),
         }
         if self._weights is not None:
             record["mean_weight"] = float(self._weights.mean()) if self._weights.numel() else 1.0
@@ -338,6 +396,11 @@ class PruningCallback(Callback):
         return selection
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_epoch(trainer, pl_module)
+
+    def _start_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Sets up the epoch's buffers: at epoch start, or at the first batch of an epoch resumed mid-way
+        (Lightning does not call ``on_train_epoch_start`` then)."""
         datamodule = trainer.datamodule
         assert isinstance(datamodule, PruningDataModule)
         epoch = trainer.current_epoch
@@ -347,8 +410,24 @@ class PruningCallback(Callback):
                 f"{type(self).__name__}: the training loader of epoch {epoch} was not built by PruningDataModule "
                 "for this epoch's decision; keep reload_dataloaders_every_n_epochs=1 and do not replace the loader."
             )
+        partial, self._restored_partial = self._restored_partial, None
+        if (sampler.start > 0 or partial is not None) and (
+            partial is None or partial[0] != epoch or partial[1].numel() != sampler.start
+        ):
+            have = "none" if partial is None else f"{partial[1].numel()} positions of epoch {partial[0]}"
+            if partial is None and self._missing_state_cause is not None:
+                have += f" ({self._missing_state_cause})"
+            raise RuntimeError(
+                f"{type(self).__name__}: the checkpoint resumes epoch {epoch} after {sampler.start} trained samples, "
+                f"but the callback state holds the losses of {have}. The training loader's position and the "
+                "callback's harvest come from different checkpoints or the loader was replaced; resume from a "
+                "checkpoint saved by this callback with PruningDataModule's own training loader."
+            )
         device = pl_module.device
         self._datamodule = datamodule
+        self._sampler = sampler
+        self._prefix = None if sampler.start == 0 or partial is None else (partial[1], partial[2])
+        self._skipped = sampler.skipped
         self._rank_order = sampler.rank_order.to(device, non_blocking=True)
         self._pending_losses = torch.full((self._rank_order.numel(),), math.nan, device=device)
         self._filled = 0
@@ -361,7 +440,7 @@ class PruningCallback(Callback):
         self._last_batch_idx = trainer.num_training_batches - 1
         record = self.history[-1]
         pl_module.log_dict(
-            {f"pruning/{name}": value for name, value in record.items() if name != "epoch"},
+            {f"pruning/{name}": value for name, value in record.items() if name not in _LOGGED_AT_EPOCH_END},
             on_step=False,
             on_epoch=True,
             # The values are identical on every rank. With rank_zero_only the "sync" is a no-op in Lightning;
@@ -373,9 +452,11 @@ class PruningCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self._pending_losses is None:
+            self._start_epoch(trainer, pl_module)  # resumed mid-epoch, or at an epoch's first batch
         assert self._datamodule is not None
         batch_size = self._datamodule.batch_size
-        start = batch_idx * batch_size
+        start = batch_idx * batch_size - self._skipped
         stop = min(start + batch_size, self._rank_order.numel())
         self._batch_slice = slice(start, stop)
 
@@ -419,7 +500,42 @@ class PruningCallback(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending_losses is not None:
+            if epoch_cut_short(trainer):
+                # max_time / should_stop ended the epoch early: keep the harvest open, so a checkpoint saved now
+                # resumes the rest of the epoch (see on_save_checkpoint); teardown folds it in otherwise.
+                return
             self._flush(trainer)
+        record = self.history[-1] if self.history else {}
+        if record.get("epoch") == trainer.current_epoch and "trained_samples" in record:
+            pl_module.log_dict(
+                {f"pruning/{name}": record[name] for name in _LOGGED_AT_EPOCH_END[1:]},
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+                rank_zero_only=True,
+            )
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The interrupted epoch's harvest so far, gathered from every rank (every rank saves together), so
+        # a run resumed mid-epoch harvests the whole epoch without re-training any batch.
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is not None:
+            state["partial"] = self._partial_harvest(trainer)
+            if self._pending_losses is not None and epoch_cut_short(trainer):
+                mark_mid_epoch(checkpoint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # An epoch cut short by max_time / max_steps / should_stop stays open until every checkpoint of the run
+        # (ModelCheckpoint(save_last=True) saves in on_train_end) is written; then its trained part counts.
+        if stage == "fit" and self._pending_losses is not None:
+            self._flush(trainer)
+
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._missing_state_cause = describe_missing_state(self, checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
         method_state = {}
@@ -435,6 +551,8 @@ class PruningCallback(Callback):
             "subset": self._subset.clone(),
             "weights": None if self._weights is None else self._weights.clone(),
             "kept_counts": list(self._kept_counts),
+            "trained_counts": list(self._trained_counts),
+            "partial": None,
             "history": [dict(entry) for entry in self.history],
             "method": method_state,
         }
@@ -452,6 +570,12 @@ class PruningCallback(Callback):
         self._subset = state_dict["subset"]
         self._weights = state_dict["weights"]
         self._kept_counts = list(state_dict["kept_counts"])
+        self._trained_counts = list(state_dict.get("trained_counts", self._kept_counts[: self._harvest_epoch + 1]))
+        partial = state_dict.get("partial")
+        self._restored_partial = (
+            None if partial is None else (int(partial["epoch"]), partial["losses"], partial["batch_idx"])
+        )
+        self._clear_epoch_buffers()
         self.history = [dict(entry) for entry in state_dict["history"]]
         for name, value in state_dict["method"].items():
             setattr(self, name, copy.deepcopy(value))
@@ -465,6 +589,8 @@ class PruningCallback(Callback):
 
     def _clear_epoch_buffers(self) -> None:
         self._pending_losses = None
+        self._prefix = None
+        self._skipped = 0
         self._rank_order = torch.empty(0, dtype=torch.int64)
         self._dense_weights = None
         self._filled = 0
@@ -482,26 +608,43 @@ class PruningCallback(Callback):
         if selection.weights is not None and selection.weights.shape != indices.shape:
             raise ValueError(f"{type(self).__name__}.select returned weights not aligned with its indices.")
 
-    def _flush(self, trainer: pl.Trainer) -> None:
-        """Gathers the epoch's losses from every rank and hands them to :meth:`update` (once per epoch)."""
+    def _gathered_positions(self, trainer: pl.Trainer) -> tuple[Tensor, Tensor]:
+        """The epoch's losses and batch numbers of global positions ``0..P-1`` trained so far, every rank's.
+
+        Rank ``r``'s ``j``-th yielded sample sits at position ``start + j * world + r`` of the epoch order, so the
+        ranks' first ``filled`` samples fill positions ``start .. start + filled * world - 1`` exactly; a resumed
+        epoch's earlier positions come from the checkpoint.
+        """
         pending = self._pending_losses
-        assert pending is not None
-        epoch, filled = self._decided_epoch, self._filled
-        self._clear_epoch_buffers()
-        world = trainer.world_size
+        assert pending is not None and self._sampler is not None and self._datamodule is not None
+        world, filled = trainer.world_size, self._filled
         losses = pending[:filled]
         if world > 1:
             losses = trainer.strategy.all_gather(losses)  # (world, filled): equal shapes on every rank
-        losses = losses.reshape(world, filled).cpu()
-        assert self._datamodule is not None and self._datamodule.train_sampler is not None
-        sampler = self._datamodule.train_sampler
-        # Rank r's local position p is global position p * world + r of the padded epoch order.
-        local = torch.arange(filled).expand(world, filled)
-        global_positions = local * world + torch.arange(world).unsqueeze(1)
-        real = global_positions < sampler.subset.numel()  # drop the sampler's padding duplicates
-        indices = sampler.global_order[global_positions[real]]
-        losses = losses[real]
-        batch_idx = local[real] // self._datamodule.batch_size
+        losses = losses.reshape(world, filled).cpu().t().reshape(-1)  # position order
+        local = torch.arange(filled).repeat_interleave(world)
+        batch_idx = (self._skipped + local) // self._datamodule.batch_size
+        if self._prefix is not None:
+            losses = torch.cat([self._prefix[0], losses])
+            batch_idx = torch.cat([self._prefix[1], batch_idx])
+        return losses, batch_idx
+
+    def _partial_harvest(self, trainer: pl.Trainer) -> dict[str, Any] | None:
+        """The interrupted epoch's harvest so far for a checkpoint (``None`` between epochs)."""
+        if self._pending_losses is None or (self._filled == 0 and self._prefix is None):
+            return None
+        losses, batch_idx = self._gathered_positions(trainer)
+        return {"epoch": self._decided_epoch, "losses": losses.to(torch.float32), "batch_idx": batch_idx}
+
+    def _flush(self, trainer: pl.Trainer) -> None:
+        """Gathers the epoch's losses from every rank and hands them to :meth:`update` (once per epoch)."""
+        assert self._pending_losses is not None and self._sampler is not None
+        epoch, sampler = self._decided_epoch, self._sampler
+        losses, batch_idx = self._gathered_positions(trainer)
+        self._clear_epoch_buffers()
+        real = min(losses.numel(), sampler.subset.numel())  # positions past the subset are padding duplicates
+        losses, batch_idx = losses[:real], batch_idx[:real]
+        indices = sampler.global_order[:real]
         if not bool(torch.isfinite(losses).all()):
             raise ValueError(
                 f"{type(self).__name__}: the harvested per-sample losses of epoch {epoch} contain NaN/inf or a batch "
@@ -515,4 +658,89 @@ class PruningCallback(Callback):
             steps=batch_idx // trainer.accumulate_grad_batches,
         )
         self._harvest_epoch = epoch
+        del self._trained_counts[epoch:]
+        self._trained_counts.extend([self.num_samples] * (epoch - len(self._trained_counts)))
+        self._trained_counts.append(real)
+        if self.history and self.history[-1]["epoch"] == epoch:
+            self.history[-1].update(
+                trained_samples=float(real),
+                samples_trained=float(self.samples_trained),
+                saved_fraction=self.saved_fraction,
+            )
         self.update(harvest)
+
+
+def epoch_cut_short(trainer: pl.Trainer) -> bool:
+    """Whether Lightning counts the current epoch as processed although its last batch was not trained
+    (``max_time``, ``max_steps`` or ``should_stop`` ended it)."""
+    progress = trainer.fit_loop.epoch_progress.current
+    return progress.processed == progress.started and trained_batches(trainer) < trainer.num_training_batches
+
+
+def mark_mid_epoch(checkpoint: dict[str, Any]) -> None:
+    """Marks a checkpoint saved at the end of an epoch cut short as saved mid-epoch.
+
+    Lightning counts an epoch ended by ``max_time`` or ``should_stop`` as processed, so a resumed run would skip
+    the rest of it. Un-counting it makes the resumed run finish the epoch from the next batch, exactly like the
+    uninterrupted run (the loader position and the harvest so far are in the checkpoint).
+    """
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+    if fit_loop is None:
+        return
+    for counters in ("total", "current"):
+        progress = fit_loop["epoch_progress"][counters]
+        progress["processed"] = progress["completed"] = progress["started"] - 1
+
+
+def epoch_steps(
+    subset_size: int,
+    *,
+    batch_size: int,
+    world_size: int = 1,
+    drop_last: bool = False,
+    accumulate_grad_batches: int = 1,
+    limit_train_batches: int | float = 1.0,
+) -> int:
+    """Optimizer steps of one epoch over ``subset_size`` samples, as the trainer takes them.
+
+    Each rank serves ``ceil(size / world)`` samples (the sampler pads), in ``floor`` (``drop_last``) or ``ceil``
+    batches; ``limit_train_batches`` caps them as Lightning does; every ``accumulate_grad_batches`` batches and
+    the epoch's last batch step the optimizer.
+    """
+    per_rank = -(-subset_size // world_size)
+    batches = per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+    if isinstance(limit_train_batches, int):
+        batches = min(batches, limit_train_batches)
+    elif limit_train_batches != 1.0:
+        batches = int(batches * limit_train_batches)
+    return -(-batches // accumulate_grad_batches)
+
+
+def warn_if_state_stays_in_workers(callback: Callback, trainer: pl.Trainer) -> None:
+    """Warns that ``ddp_spawn``/``ddp_fork`` train in child processes, so the main process's callback keeps its
+    pre-fit state (an empty ``history``)."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+        rank_zero_warn(
+            f"{type(callback).__name__}: strategy {type(trainer.strategy).__name__} with start method "
+            f"{trainer.strategy.launcher._start_method!r} trains in child processes; the callback object in your "
+            "main process is not updated (its `history` stays empty, `saved_fraction` 0.0). Read the state in a "
+            "hook on rank 0 (e.g. on_train_end), from a checkpoint's callback state, or launch with strategy='ddp'."
+        )
+
+
+def describe_missing_state(callback: PruningCallback, checkpoint: dict[str, Any]) -> str | None:
+    """Why ``checkpoint`` holds no state under ``callback.state_key``, or ``None`` if it does."""
+    states = checkpoint.get("callbacks")
+    if states is None:
+        return "saved with save_weights_only=True: it holds no callback states"
+    if callback.state_key in states:
+        return None
+    others = [str(key) for key, value in states.items() if isinstance(value, dict) and "method" in value]
+    if others:
+        return (
+            f"it was saved by {', '.join(others)}, this run uses {callback.state_key}: another pruning method or "
+            "other arguments"
+        )
+    return "it was saved without a pruning callback"
