@@ -1,6 +1,6 @@
 """The pruning methods, one module each, all registered in :data:`METHODS`."""
 
-from lightning_pruning.methods.bandits import UCB, EpsilonGreedy
+from lightning_pruning.methods.bandits import UCB, EpsilonGreedy, UCBVariance
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.infobatch import InfoBatch
 from lightning_pruning.methods.orderdp import OrderDP
@@ -14,6 +14,7 @@ __all__ = [
     "RCAP",
     "RS2",
     "UCB",
+    "UCBVariance",
     "EpsilonGreedy",
     "Harvest",
     "InfoBatch",
