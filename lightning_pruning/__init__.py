@@ -17,7 +17,6 @@ from lightning_pruning.methods import (
     RCAP,
     RS2,
     UCB,
-    UCBVariance,
     EpsilonGreedy,
     Harvest,
     InfoBatch,
@@ -26,6 +25,8 @@ from lightning_pruning.methods import (
     RandomPruning,
     RePB,
     Selection,
+    SeTa,
+    UCBVariance,
 )
 from lightning_pruning.metrics import PerClassAccuracy, WorstClassAccuracy
 from lightning_pruning.models import ImageClassifier
@@ -49,6 +50,7 @@ __all__ = [
     "PruningDataModule",
     "RandomPruning",
     "RePB",
+    "SeTa",
     "Selection",
     "SubsetSampler",
     "WorstClassAccuracy",

@@ -8,6 +8,7 @@ from lightning_pruning.methods.random import RS2, RandomPruning
 from lightning_pruning.methods.rcap import RCAP
 from lightning_pruning.methods.registry import METHODS, register
 from lightning_pruning.methods.repb import RePB
+from lightning_pruning.methods.seta import SeTa
 
 __all__ = [
     "METHODS",
@@ -22,6 +23,7 @@ __all__ = [
     "PruningCallback",
     "RandomPruning",
     "RePB",
+    "SeTa",
     "Selection",
     "register",
 ]
