@@ -22,23 +22,61 @@ from lightning_pruning.methods.registry import register
 
 #: Lloyd iterations at most (scikit-learn's default ``max_iter``); 1-D runs converge in far fewer.
 KMEANS_MAX_ITER = 300
+#: Edges of the dynamic-programming start of the 1-D k-means (about 8 MB of float64 at 1024).
+KMEANS_BINS = 1024
 #: The reference keeps at least this share of the data in the random step (InfoBatch's clamp).
 MIN_KEEP_RATIO = 0.1
 
 
-def kmeans_1d(sorted_values: Tensor, k: int, max_iter: int = KMEANS_MAX_ITER) -> Tensor:
-    """Lloyd's k-means on sorted 1-D data, done on segment boundaries.
+def _optimal_segments(values: Tensor, k: int, bins: int) -> Tensor:
+    """Least-squares split of sorted ``values`` into ``k`` runs with ends on about ``bins`` edges.
 
-    In one dimension every k-means cluster is a run of consecutive sorted values, so a clustering is
-    ``k`` end positions and one Lloyd step costs ``O(k log m)`` with prefix sums: centres are segment
-    means, and each boundary moves to the midpoint between neighbouring centres (a value exactly on a
-    midpoint joins the lower cluster). Initialised with the means of ``k`` equal-count slices (no
-    random restarts needed). With fewer than ``k`` distinct values the data are cut into ``k``
-    equal-count slices instead (the reference does so when all values are equal).
+    Dynamic programming over the edges (exact 1-D k-means when ``len(values) <= bins // 2``):
+    ``D_j(i) = min_l D_{j-1}(l) + SSE(l, i)``, with each SSE from prefix sums; ``O(k · bins²)``.
+    """
+    m = values.numel()
+    # Half the edges split the samples evenly, half the value range evenly (the sparse tail of a skewed
+    # loss distribution is where k-means puts its small clusters).
+    by_count = torch.round(torch.linspace(0, m, min(bins // 2, m) + 1, dtype=torch.float64)).to(torch.int64)
+    levels = torch.linspace(float(values[0]), float(values[-1]), bins // 2 + 1, dtype=torch.float64)
+    by_value = torch.searchsorted(values, levels, right=True)
+    edges = torch.unique(torch.cat([by_count, by_value, torch.tensor([0, m])]))
+    centred = values - values.mean()  # smaller sums, less cancellation in the SSE
+    first = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(centred, 0)])[edges]
+    second = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(centred * centred, 0)])[edges]
+    count = edges.to(torch.float64)
+    gap = count[None, :] - count[:, None]  # samples between edge l (row) and edge i (column)
+    sums = first[None, :] - first[:, None]
+    cost = (second[None, :] - second[:, None]) - sums * sums / gap.clamp_min(1.0)
+    cost = torch.where(gap > 0, cost.clamp_min(0.0), torch.tensor(math.inf, dtype=torch.float64))
+    best = cost[0]  # one run from edge 0 to edge i
+    choices = []
+    for _ in range(1, k):
+        total = best[:, None] + cost
+        best, choice = total.min(0)
+        choices.append(choice)
+    ends = [edges.numel() - 1]
+    for choice in reversed(choices):
+        ends.append(int(choice[ends[-1]]))
+    return edges[torch.tensor(ends[::-1])]
+
+
+def kmeans_1d(sorted_values: Tensor, k: int, bins: int = KMEANS_BINS, max_iter: int = KMEANS_MAX_ITER) -> Tensor:
+    """k-means on sorted 1-D data (clusters of consecutive values), returned as cluster end positions.
+
+    In one dimension every k-means cluster is a run of consecutive sorted values. The runs start from the
+    least-squares split with ends on about ``bins`` edges, half of them equal-count, half equal-width
+    (dynamic programming; the exact k-means optimum when ``m <= bins // 2``), then Lloyd's iterations polish them on the full data (each costs
+    ``O(k log m)`` with prefix sums; they never raise the within-cluster sum of squares): centres are run
+    means, and each end moves to the midpoint between neighbouring centres (a value exactly on a midpoint
+    joins the lower cluster, so equal values share a cluster). Deterministic, no random restarts. With
+    fewer than ``k`` distinct values the data are cut into ``k`` equal-count slices instead (the reference
+    does so when all values are equal).
 
     Args:
         sorted_values: ascending float values, shape ``(m,)`` with ``m >= k``.
         k: number of clusters, >= 1.
+        bins: edges of the dynamic-programming start (memory ``O(bins²)``).
         max_iter: Lloyd iterations at most.
 
     Returns:
@@ -56,7 +94,7 @@ def kmeans_1d(sorted_values: Tensor, k: int, max_iter: int = KMEANS_MAX_ITER) ->
         return equal_slices
     values = sorted_values.to(torch.float64)
     prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(values, 0)])
-    ends = equal_slices
+    ends = _optimal_segments(values, k, bins)
     centers = torch.zeros(k, dtype=torch.float64)
     for _ in range(max_iter):
         starts = torch.cat([torch.zeros(1, dtype=torch.int64), ends[:-1]])
