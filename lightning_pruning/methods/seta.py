@@ -65,13 +65,13 @@ def kmeans_1d(sorted_values: Tensor, k: int, bins: int = KMEANS_BINS, max_iter: 
     """k-means on sorted 1-D data (clusters of consecutive values), returned as cluster end positions.
 
     In one dimension every k-means cluster is a run of consecutive sorted values. The runs start from the
-    least-squares split with ends on about ``bins`` edges, half of them equal-count, half equal-width
-    (dynamic programming; the exact k-means optimum when ``m <= bins // 2``), then Lloyd's iterations
-    polish them on the full data (each costs ``O(k log m)`` with prefix sums; they never raise the
-    within-cluster sum of squares): centres are run means, and each end moves to the midpoint between neighbouring centres (a value exactly on a midpoint
-    joins the lower cluster, so equal values share a cluster). Deterministic, no random restarts. With
-    fewer than ``k`` distinct values the data are cut into ``k`` equal-count slices instead (the reference
-    does so when all values are equal).
+    least-squares split with ends on about ``bins`` edges, half of them equal-count, half equal-width (dynamic
+    programming; the exact k-means optimum when ``m <= bins // 2``), then Lloyd's iterations polish them on
+    the full data (each costs ``O(k log m)`` with prefix sums; they never raise the within-cluster sum of
+    squares): centres are run means, and each end moves to the midpoint between neighbouring centres (a value
+    exactly on a midpoint joins the lower cluster, so equal values share a cluster). Deterministic, no random
+    restarts. With fewer than ``k`` distinct values the data are cut into ``k`` equal-count slices instead
+    (the reference does so when all values are equal).
 
     Args:
         sorted_values: ascending float values, shape ``(m,)`` with ``m >= k``.
