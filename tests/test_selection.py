@@ -268,3 +268,16 @@ def test_rs2_stratified_epochs_have_no_repeats() -> None:
     for epoch in range(12):
         picked = method.decide(epoch).indices
         assert picked.unique().numel() == picked.numel() == 41
+
+
+def test_prepare_maps_non_contiguous_labels_to_class_ids() -> None:
+    labels = torch.tensor([3, 7, 100, 3, 7, 100, 3, 3])
+    method = RandomPruning(0.5, stratified=True, seed=0)
+    method.prepare(8, labels=labels)
+    assert method.class_layout is not None and method.class_layout.num_classes == 3  # not 101
+    assert method.class_values == [3, 7, 100]
+    assert method.class_layout.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 0]
+    picked = method.decide(0).indices
+    assert sorted(labels[picked].tolist()) == [3, 3, 7, 100]  # budget 4 split 2 / 1 / 1 by class size
+    with pytest.raises(ValueError, match=r"class ids 0\.\.2"):
+        method.prepare(8, labels=labels, class_values=torch.tensor([3, 7, 100]))
