@@ -1,8 +1,9 @@
 """ε-greedy and UCB data pruning (Raju, Daruwalla, Lipasti 2021): every sample is an arm, its reward its loss.
 
-Both keep a running mean (UCB also a running variance) of each sample's training loss, updated from the
-training forward passes only, and train on exactly K = round((1-p)·N) samples per pruned epoch. Epoch 0
-trains on the full data to initialise the statistics. See ``docs/methods/bandits.md``.
+Both keep a running mean of each sample's training loss (UCB also its visit count for the UCB1 bonus, or a
+running variance for the variance bonuses), updated from the training forward passes only, and train on
+exactly K = round((1-p)·N) samples per pruned epoch. Epoch 0 trains on the full data to initialise the
+statistics. See ``docs/methods/bandits.md``.
 """
 
 from __future__ import annotations
