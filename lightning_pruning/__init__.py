@@ -25,6 +25,8 @@ from lightning_pruning.methods import (
     RandomPruning,
     RePB,
     Selection,
+    SeTa,
+    UCBVariance,
 )
 from lightning_pruning.metrics import PerClassAccuracy, WorstClassAccuracy
 from lightning_pruning.models import ImageClassifier
@@ -36,6 +38,7 @@ __all__ = [
     "RCAP",
     "RS2",
     "UCB",
+    "UCBVariance",
     "EpsilonGreedy",
     "FashionMNISTDataModule",
     "Harvest",
@@ -47,6 +50,7 @@ __all__ = [
     "PruningDataModule",
     "RandomPruning",
     "RePB",
+    "SeTa",
     "Selection",
     "SubsetSampler",
     "WorstClassAccuracy",

@@ -6,6 +6,7 @@ them touches a global random number generator. They run on CPU tensors.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,33 @@ def uniform_subset(num_samples: int, size: int, generator: torch.Generator) -> T
     return torch.randperm(num_samples, generator=generator)[:size]
 
 
+def _greedy_units(gain: Tensor, room: Tensor, units: int) -> Tensor:
+    """Hands out ``units`` one at a time, each to the entry of largest ``gain`` (ties: lower index).
+
+    An entry's gain drops by 1 with every unit it takes and it takes at most ``room`` units. Returns the
+    units each entry took. Equivalent to the one-at-a-time loop but done in passes: a pass serves, in
+    order, every entry within 1 of the best gain (none of them can come back before the pass ends), and
+    when a pass would serve every entry with room, whole rounds are served at once.
+    """
+    taken = torch.zeros_like(room)
+    excluded = torch.tensor(-math.inf, dtype=gain.dtype)
+    while units > 0:
+        left = room - taken
+        eligible = left > 0
+        key = torch.where(eligible, gain - taken, excluded)
+        window = eligible & (key > key.max() - 1.0)
+        size = int(window.sum())
+        if size == int(eligible.sum()) and units >= size:
+            rounds = min(units // size, int(left[eligible].min()))
+            taken[eligible] += rounds
+            units -= rounds * size
+            continue
+        serve = torch.argsort(-key, stable=True)[: min(units, size)]
+        taken[serve] += 1
+        units -= serve.numel()
+    return taken
+
+
 def largest_remainder_round(
     quotas: Tensor,
     total: int,
@@ -78,6 +106,13 @@ def largest_remainder_round(
     Each entry gets ``floor(quota)`` first; the missing units go to the largest fractional remainders
     (ties to the lower index). ``lower`` / ``upper`` bound every entry; when the floors violate them the
     bounds win and the difference is taken from / given to the other entries by the same remainder rule.
+    An entry raised to its lower bound already holds more than its quota, so its remainder no longer
+    competes for the missing units (quotas ``[0.9, 1.4, 1.7]``, total 4, lower bounds 1 give
+    ``[1, 1, 2]``).
+
+    The result minimises ``sum((counts - quotas) ** 2)`` over the integer vectors within the bounds that
+    sum to ``total`` (the distance the largest-remainder method minimises): units are added one at a
+    time where ``quota - count`` is largest and removed where ``count - quota`` is largest.
 
     Args:
         quotas: real-valued shares, shape ``(C,)``.
@@ -101,30 +136,10 @@ def largest_remainder_round(
         )
     counts = torch.minimum(torch.maximum(quotas.floor().to(torch.int64), low), high)
     missing = total - int(counts.sum())
-    remainder = quotas - quotas.floor()
     if missing > 0:
-        # Units go to the largest remainders among entries with room left; entries at a lower bound that
-        # exceeded their quota rank last so they are not topped up further.
-        room = high - counts
-        key = torch.where(room > 0, remainder, torch.full_like(remainder, -1.0))
-        while missing > 0:
-            # Each pass gives at most one unit per entry; a pass only repeats when many entries are full.
-            order = torch.argsort(-key, stable=True)
-            take = order[: min(missing, int((room > 0).sum()))]
-            counts[take] += 1
-            missing -= take.numel()
-            room = high - counts
-            key = torch.where(room > 0, key, torch.full_like(key, -1.0))
+        counts += _greedy_units(quotas - counts, high - counts, missing)
     elif missing < 0:
-        # The lower bounds pushed the sum over: take units back from the smallest remainders with slack.
-        excess = -missing
-        while excess > 0:
-            slack = counts - low
-            key = torch.where(slack > 0, remainder, torch.full_like(remainder, 2.0))
-            order = torch.argsort(key, stable=True)
-            take = order[: min(excess, int((slack > 0).sum()))]
-            counts[take] -= 1
-            excess -= take.numel()
+        counts -= _greedy_units(counts - quotas, counts - low, -missing)
     return counts
 
 

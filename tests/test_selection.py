@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -174,3 +176,108 @@ def test_warmup_and_annealing_epochs_train_on_everything() -> None:
     assert [method.is_full_epoch(epoch) for epoch in range(8)] == [True, True, False, False, False, False, True, True]
     assert method.decide(0).indices.numel() == 20
     assert method.decide(3).indices.numel() == 10
+
+
+def test_largest_remainder_lower_bound_does_not_also_take_a_remainder() -> None:
+    # quota 0.9 is raised to 1 by the floor; the one unit left goes to the largest remainder of the others
+    ones = torch.ones(3, dtype=torch.int64)
+    assert largest_remainder_round(torch.tensor([0.9, 1.4, 1.7]), 4, lower=ones).tolist() == [1, 1, 2]
+    # two raised entries: the two remaining units go to 2.6 and 2.5 (remainders 0.6, 0.5), not to 0.8
+    quotas = torch.tensor([0.8, 0.7, 2.6, 2.5, 1.4])
+    assert largest_remainder_round(quotas, 9, lower=torch.ones(5, dtype=torch.int64)).tolist() == [1, 1, 3, 3, 1]
+
+
+def _brute_force_round(quotas: list[float], total: int, lower: list[int], upper: list[int]) -> list[list[int]]:
+    """Every integer vector within the bounds summing to ``total`` at the least squared distance to ``quotas``."""
+    import itertools
+
+    best: list[list[int]] = []
+    best_cost = math.inf
+    for counts in itertools.product(*[range(lo, hi + 1) for lo, hi in zip(lower, upper, strict=True)]):
+        if sum(counts) != total:
+            continue
+        cost = sum((c - q) ** 2 for c, q in zip(counts, quotas, strict=True))
+        if cost < best_cost - 1e-9:
+            best, best_cost = [list(counts)], cost
+        elif abs(cost - best_cost) <= 1e-9:
+            best.append(list(counts))
+    return best
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(
+        st.tuples(
+            st.floats(min_value=0.0, max_value=4.0, allow_nan=False),
+            st.integers(min_value=0, max_value=2),
+            st.integers(min_value=0, max_value=3),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    total_share=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_largest_remainder_equals_brute_force(data: list[tuple[float, int, int]], total_share: float) -> None:
+    quotas = [q for q, _, _ in data]
+    lower = [lo for _, lo, _ in data]
+    upper = [lo + extra for _, lo, extra in data]
+    total = sum(lower) + round(total_share * (sum(upper) - sum(lower)))
+    optima = _brute_force_round(quotas, total, lower, upper)
+    counts = largest_remainder_round(
+        torch.tensor(quotas, dtype=torch.float64), total, lower=torch.tensor(lower), upper=torch.tensor(upper)
+    ).tolist()
+    assert counts in optima
+    if len(optima) == 1:
+        assert counts == optima[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    n=st.integers(min_value=1, max_value=300),
+    keep=st.floats(min_value=0.01, max_value=1.0),
+    seed=st.integers(min_value=0, max_value=2**31),
+)
+def test_rs2_never_repeats_a_sample_within_an_epoch(n: int, keep: float, seed: int) -> None:
+    size = max(1, min(n, round(keep * n)))
+    rounds = 3 * -(-n // size) + 2  # at least three passes through the data
+    chunks = [rs2_chunk(n, size, round_index, seed) for round_index in range(rounds)]
+    for chunk in chunks:
+        assert chunk.dtype == torch.int64 and chunk.numel() == size
+        assert chunk.unique().numel() == size, "a sample repeats within one epoch"
+    # every consecutive block of n positions of the walk is one permutation: each sample once per cycle
+    stream = torch.cat(chunks)
+    for start in range(0, stream.numel() - n + 1, n):
+        assert sorted(stream[start : start + n].tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("num_samples", [50_000, 997])
+@pytest.mark.parametrize("prune_ratio", [0.3, 0.4, 0.55, 0.7, 0.9])
+def test_rs2_callback_epochs_have_no_repeats(num_samples: int, prune_ratio: float) -> None:
+    method = RS2(prune_ratio, seed=11)
+    method.prepare(num_samples)
+    size = round((1 - prune_ratio) * num_samples)
+    for epoch in range(8):
+        picked = method.decide(epoch).indices
+        assert picked.numel() == size and picked.unique().numel() == size
+
+
+def test_rs2_stratified_epochs_have_no_repeats() -> None:
+    labels = torch.tensor([0] * 37 + [1] * 23 + [2] * 3)
+    method = RS2(0.35, stratified=True, seed=4)
+    method.prepare(63, labels=labels)
+    for epoch in range(12):
+        picked = method.decide(epoch).indices
+        assert picked.unique().numel() == picked.numel() == 41
+
+
+def test_prepare_maps_non_contiguous_labels_to_class_ids() -> None:
+    labels = torch.tensor([3, 7, 100, 3, 7, 100, 3, 3])
+    method = RandomPruning(0.5, stratified=True, seed=0)
+    method.prepare(8, labels=labels)
+    assert method.class_layout is not None and method.class_layout.num_classes == 3  # not 101
+    assert method.class_values == [3, 7, 100]
+    assert method.class_layout.labels.tolist() == [0, 1, 2, 0, 1, 2, 0, 0]
+    picked = method.decide(0).indices
+    assert sorted(labels[picked].tolist()) == [3, 3, 7, 100]  # budget 4 split 2 / 1 / 1 by class size
+    with pytest.raises(ValueError, match=r"class ids 0\.\.2"):
+        method.prepare(8, labels=labels, class_values=torch.tensor([3, 7, 100]))

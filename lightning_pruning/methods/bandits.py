@@ -1,8 +1,9 @@
 """ε-greedy and UCB data pruning (Raju, Daruwalla, Lipasti 2021): every sample is an arm, its reward its loss.
 
-Both keep a running mean (UCB also a running variance) of each sample's training loss, updated from the
-training forward passes only, and train on exactly K = round((1-p)·N) samples per pruned epoch. Epoch 0
-trains on the full data to initialise the statistics. See ``docs/methods/bandits.md``.
+Both keep a running mean of each sample's training loss (UCB also its visit count for the UCB1 bonus, or a
+running variance for the variance bonuses), updated from the training forward passes only, and train on
+exactly K = round((1-p)·N) samples per pruned epoch. Epoch 0 trains on the full data to initialise the
+statistics. See ``docs/methods/bandits.md``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from lightning_pruning.methods.ranking import apply_ema, top_k_mask
 from lightning_pruning.methods.registry import register
 from lightning_pruning.selection import budget, check_prune_ratio
 
-VarianceBonus = Literal["std", "var"]
+UCBBonus = Literal["count", "std", "var"]
+_BONUSES = ("count", "std", "var")
+#: Visit counts are int16 (2 bytes a sample) and saturate here; ln(t)/n is flat long before.
+MAX_VISITS = torch.iinfo(torch.int16).max
 
 
 def epsilon_greedy_mask(mean: Tensor, budget_size: int, random_picks: int, generator: torch.Generator) -> Tensor:
@@ -48,13 +52,44 @@ def epsilon_greedy_select(mean: Tensor, budget_size: int, random_picks: int, gen
     return epsilon_greedy_mask(mean, budget_size, random_picks, generator).nonzero().squeeze(1)
 
 
-def ucb_index(mean: Tensor, variance: Tensor, c: float, variance_bonus: VarianceBonus = "std") -> Tensor:
-    """UCB index ``μ + c·sqrt(v)`` (``"std"``, textbook) or ``μ + c·v`` (``"var"``, the third-party code).
+def ucb_index(
+    mean: Tensor,
+    c: float,
+    bonus: UCBBonus = "count",
+    *,
+    variance: Tensor | None = None,
+    visits: Tensor | None = None,
+    round_number: int = 1,
+) -> Tensor:
+    """The UCB index of every sample under one of three bonus forms.
 
-    Never-trained samples (``μ = +inf``, ``v = 0``) get ``+inf``.
+    * ``"count"`` (UCB1, the textbook form): ``μ + c·sqrt(ln t / n)``, ``t = round_number``,
+      ``n = visits``. A sample that is not picked gains bonus as ``t`` grows, so none is locked out.
+    * ``"std"``: ``μ + c·sqrt(v)``, a variance bonus without counts (not UCB1).
+    * ``"var"``: ``μ + c·v``, the form of the third-party re-implementation (not UCB1 either).
+
+    Never-trained samples (``μ = +inf``, ``n = 0``, ``v = 0``) get ``+inf``.
+
+    Args:
+        mean: running mean loss μ of every sample (``+inf`` when never trained).
+        c: weight of the bonus, >= 0.
+        bonus: ``"count"``, ``"std"`` or ``"var"``.
+        variance: running variance v (needed by ``"std"`` / ``"var"``).
+        visits: times n each sample was trained (needed by ``"count"``; any integer dtype).
+        round_number: t >= 1, the number of pruned epochs so far plus one (``"count"`` only).
     """
-    bonus = variance.sqrt() if variance_bonus == "std" else variance
-    return mean + c * bonus
+    if bonus == "count":
+        if visits is None:
+            raise ValueError("the count bonus needs `visits`")
+        if round_number < 1:
+            raise ValueError(f"`round_number` must be >= 1, got {round_number}")
+        counts = visits.to(mean.dtype)
+        # n = 0 only for never-trained samples, whose μ is already +inf; clamp to avoid 0/0.
+        extra = torch.sqrt(math.log(round_number) / counts.clamp_min(1.0))
+        return mean + c * extra
+    if variance is None:
+        raise ValueError(f"the {bonus!r} bonus needs `variance`")
+    return mean + c * (variance.sqrt() if bonus == "std" else variance)
 
 
 def _check_ema(ema: float) -> float:
@@ -159,32 +194,42 @@ class EpsilonGreedy(_RunningLossBandit):
 
 @register("ucb")
 class UCB(_RunningLossBandit):
-    """UCB: the K highest upper confidence bounds ``μ + c·sqrt(v)`` of the running loss statistics.
+    """UCB: the K samples with the highest upper confidence bound of their running loss.
 
-    Running mean ``μ ← (1-a)·μ + a·l`` and variance ``v ← (1-a)·v + a·(l - μ_old)²`` each time a sample
-    is trained; never-trained samples have ``μ = +inf`` and are tried first. Epoch 0 trains on the full data.
+    The running mean ``μ ← (1-a)·μ + a·l`` is updated each time a sample is trained; never-trained
+    samples have ``μ = +inf`` and are tried first. Epoch 0 trains on the full data. The index is
+    ``μ + bonus``, with the bonus chosen by ``bonus``:
+
+    * ``"count"`` (default, UCB1): ``c·sqrt(ln t / n_i)``, ``n_i`` the times sample i was trained and
+      ``t`` the number of pruned epochs so far plus one. A sample left out gains bonus every epoch, so
+      none is locked out by a stale low loss.
+    * ``"std"``: ``c·sqrt(v_i)`` and ``"var"``: ``c·v_i``, with the running variance
+      ``v ← (1-a)·v + a·(l - μ_old)²``. No counts: a sample that is not picked keeps its index forever
+      (see ``docs/methods/bandits.md`` for the coverage this costs). ``"var"`` is the form of the
+      third-party re-implementation; neither is the textbook UCB1.
+
+    Per-sample state: float32 mean plus int16 counts (6 bytes) for ``"count"``, float32 mean and
+    variance (8 bytes) otherwise.
 
     Args:
         prune_ratio: fraction of the training set dropped per epoch, in ``[0, 1)``.
         c: weight of the exploration bonus, a finite number >= 0 (0 is greedy by running mean).
         ema: weight a of the newest loss in the running statistics, in ``(0, 1]``.
-        variance_bonus: ``"std"`` adds ``c·sqrt(v)`` (the textbook form), ``"var"`` adds ``c·v`` (the form
-            of the third-party re-implementation).
+        bonus: ``"count"``, ``"std"`` or ``"var"`` (above).
         seed: seed of the tie-breaking (default: rank 0's ``torch.initial_seed()``).
         warmup_epochs: first epochs trained on the full data (epoch 0 always is).
         annealing_fraction: final share of epochs trained on the full data.
     """
 
-    track_variance = True
-    state_attributes = ("loss_mean", "loss_variance")
-    key_arguments = ("prune_ratio", "c", "ema", "variance_bonus")
+    state_attributes = ("loss_mean", "loss_variance", "visits")
+    key_arguments = ("prune_ratio", "c", "ema", "bonus")
 
     def __init__(
         self,
         prune_ratio: float = 0.5,
         c: float = 1.0,
         ema: float = 0.5,
-        variance_bonus: VarianceBonus = "std",
+        bonus: UCBBonus = "count",
         *,
         seed: int | None = None,
         warmup_epochs: int = 0,
@@ -196,15 +241,74 @@ class UCB(_RunningLossBandit):
         c = float(c)
         if not (math.isfinite(c) and c >= 0.0):
             raise ValueError(f"`c` must be a finite number >= 0 (the weight of the exploration bonus), got {c!r}.")
-        if variance_bonus not in ("std", "var"):
+        if bonus not in _BONUSES:
             raise ValueError(
-                f"`variance_bonus` must be 'std' (add c·sqrt(v)) or 'var' (add c·v), got {variance_bonus!r}."
+                f"`bonus` must be 'count' (UCB1: c·sqrt(ln t / n)), 'std' (c·sqrt(v)) or 'var' (c·v), got {bonus!r}."
             )
         self.c = c
-        self.variance_bonus: VarianceBonus = variance_bonus
+        self.bonus: UCBBonus = bonus
+        self.track_variance = bonus != "count"
+        self.visits = torch.empty(0, dtype=torch.int16)
+
+    def reset(self, num_samples: int) -> None:
+        super().reset(num_samples)
+        self.visits = torch.zeros(num_samples if self.bonus == "count" else 0, dtype=torch.int16)
+
+    def update(self, harvest: Harvest) -> None:
+        super().update(harvest)
+        if self.bonus == "count":
+            # One harvest holds each trained sample once; saturate instead of wrapping around.
+            visits = self.visits[harvest.indices]
+            self.visits[harvest.indices] = torch.where(visits < MAX_VISITS, visits + 1, visits)
+
+    def round_number(self, epoch: int) -> int:
+        """t of a pruned ``epoch``: the number of pruned epochs before it plus one."""
+        first_pruned = max(1, self.warmup_epochs)
+        return max(epoch - first_pruned, 0) + 1
 
     def select(self, epoch: int, generator: torch.Generator) -> Selection:
         if epoch == 0:
             return self._selection(torch.ones(self.num_samples, dtype=torch.bool))
-        index = ucb_index(self.loss_mean, self.loss_variance, self.c, self.variance_bonus)
-        return self._selection(top_k_mask(index, self.budget_size, generator))
+        index = ucb_index(
+            self.loss_mean,
+            self.c,
+            self.bonus,
+            variance=self.loss_variance,
+            visits=self.visits,
+            round_number=self.round_number(epoch),
+        )
+        chosen = top_k_mask(index, self.budget_size, generator)
+        stats: dict[str, float] = {}
+        if self.bonus == "count":
+            never_again = int(torch.count_nonzero(self.visits == 1))
+            stats["trained_once_fraction"] = never_again / max(self.num_samples, 1)
+        return self._selection(chosen, **stats)
+
+
+@register("ucb_variance")
+class UCBVariance(UCB):
+    """UCB with the variance bonus ``c·sqrt(v)`` by default (``bonus="std"``); see :class:`UCB`.
+
+    Registered under its own name so the variance form runs through every conformance check too.
+    """
+
+    def __init__(
+        self,
+        prune_ratio: float = 0.5,
+        c: float = 1.0,
+        ema: float = 0.5,
+        bonus: UCBBonus = "std",
+        *,
+        seed: int | None = None,
+        warmup_epochs: int = 0,
+        annealing_fraction: float = 0.0,
+    ) -> None:
+        super().__init__(
+            prune_ratio,
+            c,
+            ema,
+            bonus,
+            seed=seed,
+            warmup_epochs=warmup_epochs,
+            annealing_fraction=annealing_fraction,
+        )

@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_pruning.data.datamodule import PruningDataModule, find_subset_provider
+from lightning_pruning.data.labels import contiguous_labels
 from lightning_pruning.data.loader_state import trained_batches
 from lightning_pruning.data.sampler import SubsetSampler
 from lightning_pruning.loss import PER_SAMPLE_LOSS_KEY
@@ -321,15 +322,24 @@ class PruningCallback(Callback):
 
         Args:
             num_samples: N.
-            labels: class ids ``0..C-1`` of every sample (required when ``needs_labels``).
-            class_values: the user's label value of each class id, for reports (default: the ids).
+            labels: the class of every sample (required when ``needs_labels``): any integer values, mapped
+                to ids ``0..C-1`` in sorted order, or ids ``0..C-1`` when ``class_values`` is given.
+            class_values: the user's label value of each class id, for reports (default: the sorted
+                distinct values of ``labels``).
             max_epochs: the run's length (required for annealing).
         """
         if self.needs_labels:
             if labels is None:
                 raise ValueError(f"{type(self).__name__} needs `labels` (one class id per sample).")
+            if class_values is None:  # any label values: map them to ids 0..C-1 ({3, 7, 100} -> 3 classes)
+                labels, class_values = contiguous_labels(labels)
+            elif labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= class_values.numel()):
+                raise ValueError(
+                    f"`labels` must be class ids 0..{class_values.numel() - 1} when `class_values` is given "
+                    "(one value per id); pass the raw labels without `class_values` to have them mapped."
+                )
             self.class_layout = ClassLayout.from_labels(labels)
-            values = torch.arange(self.class_layout.num_classes) if class_values is None else class_values
+            values = class_values
             self.class_values = [int(value) for value in values.tolist()]
         if num_samples < 1:
             raise ValueError(

@@ -2,8 +2,8 @@
 
 Every pruned epoch, samples whose last training loss is strictly below the mean of all known scores
 are "well-learned"; a uniform ``1 - r`` share of them is kept with loss weight ``1 / (1 - r)``, every
-other sample is kept with weight 1. The final epochs (``epoch >= delta * max_epochs``) train on the
-full data. See ``docs/methods/infobatch.md``.
+other sample is kept with weight 1. The final epochs (``epoch >= floor(delta * max_epochs)``, the
+official schedule) train on the full data. See ``docs/methods/infobatch.md``.
 """
 
 from __future__ import annotations
@@ -96,15 +96,15 @@ class InfoBatch(PruningCallback):
     below the mean, so ``prune_ratio=0.5`` typically drops 25-35% of an epoch; the realised fraction is
     logged as ``pruning/kept_fraction`` and ``pruning/saved_fraction``.
 
-    Epoch 0 trains on the full data (weights 1); epochs ``e >= delta * max_epochs`` anneal on the full
-    data with weights 1.
+    Epoch 0 trains on the full data (weights 1); epochs ``e >= floor(delta * max_epochs)`` anneal on the
+    full data with weights 1, as in the official code (``max_epochs=90``, ``delta=0.875``: from epoch 78).
 
     Args:
         prune_ratio: probability ``r`` of dropping a well-learned sample, in ``[0, 1)``. As in the
             reference implementation the keep probability ``1 - r`` is clamped to at least 0.1, so
             ratios above 0.9 act like 0.9.
-        delta: prune while ``epoch < delta * max_epochs``; the remaining epochs train on the full data.
-            In ``(0, 1]``; ``1`` never anneals.
+        delta: prune while ``epoch < floor(delta * max_epochs)``; the remaining epochs train on the full
+            data. In ``(0, 1]``; ``1`` never anneals.
         seed: seed of the random draws (default: rank 0's ``torch.initial_seed()``).
         warmup_epochs: first epochs trained on the full data (weights 1) before pruning starts.
     """
@@ -132,13 +132,28 @@ class InfoBatch(PruningCallback):
         delta = float(delta)
         if not 0.0 < delta <= 1.0:
             raise ValueError(
-                f"`delta` must be in (0, 1] (prune while epoch < delta * max_epochs, then train on the full "
+                f"`delta` must be in (0, 1] (prune while epoch < floor(delta * max_epochs), then train on the full "
                 f"data), got {delta!r}. Use delta=0.875 as in the paper, or delta=1.0 to never anneal."
             )
         self.delta = delta
-        self._prune_until = delta  # the base anneals epochs >= delta * max_epochs (fractional-safe)
         self.scores = torch.zeros(0)
         self.scored = torch.zeros(0, dtype=torch.bool)
+
+    @property
+    def anneal_from(self) -> int | None:
+        """First annealing epoch, ``floor(delta · max_epochs)`` as in the official code (``None``: never)."""
+        if self.delta >= 1.0:
+            return None
+        if self._max_epochs is None:
+            raise ValueError("InfoBatch anneals from epoch floor(delta * max_epochs), which needs max_epochs.")
+        # The relative 1e-12 keeps float noise (0.29 * 100 = 28.999...) from moving the floor down.
+        return math.floor(self.delta * self._max_epochs * (1.0 + 1e-12))
+
+    def is_full_epoch(self, epoch: int) -> bool:
+        if super().is_full_epoch(epoch):
+            return True
+        anneal_from = self.anneal_from
+        return anneal_from is not None and epoch >= anneal_from
 
     def reset(self, num_samples: int) -> None:
         # Unscored samples hold 0 so that a plain sum over the table is the sum of the known scores.

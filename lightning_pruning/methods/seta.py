@@ -1,0 +1,312 @@
+"""SeTa, Scale Efficient Training (Zhou, Gao, Wang; CVPR 2025, arXiv 2503.13385).
+
+Every pruned epoch: (1) random pruning keeps a uniform ``r = 1 - prune_ratio`` share of the data,
+(2) 1-D k-means splits the kept samples into ``k`` clusters by their last training loss, ordered easy
+(low loss) to hard, and (3) a window of ``w = round(window_scale · k)`` consecutive clusters, sliding one
+cluster per epoch from the easy end to the hard end and starting over, is trained. The final epochs
+(``epoch >= floor(delta · max_epochs)``) "partially anneal": random pruning only. Plain batch mean, no
+loss weights. See ``docs/methods/seta.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
+from lightning_pruning.methods.ranking import random_choice
+from lightning_pruning.methods.registry import register
+
+#: Lloyd iterations at most (scikit-learn's default ``max_iter``); 1-D runs converge in far fewer.
+KMEANS_MAX_ITER = 300
+#: Edges of the dynamic-programming start of the 1-D k-means (about 8 MB of float64 at 1024).
+KMEANS_BINS = 1024
+#: The reference keeps at least this share of the data in the random step (InfoBatch's clamp).
+MIN_KEEP_RATIO = 0.1
+
+
+def _optimal_segments(values: Tensor, k: int, bins: int) -> Tensor:
+    """Least-squares split of sorted ``values`` into ``k`` runs with ends on about ``bins`` edges.
+
+    Dynamic programming over the edges (exact 1-D k-means when ``len(values) <= bins // 2``):
+    ``D_j(i) = min_l D_{j-1}(l) + SSE(l, i)``, with each SSE from prefix sums; ``O(k · bins²)``.
+    """
+    m = values.numel()
+    # Half the edges split the samples evenly, half the value range evenly (the sparse tail of a skewed
+    # loss distribution is where k-means puts its small clusters).
+    by_count = torch.round(torch.linspace(0, m, min(bins // 2, m) + 1, dtype=torch.float64)).to(torch.int64)
+    levels = torch.linspace(float(values[0]), float(values[-1]), bins // 2 + 1, dtype=torch.float64)
+    by_value = torch.searchsorted(values, levels, right=True)
+    edges = torch.unique(torch.cat([by_count, by_value, torch.tensor([0, m])]))
+    centred = values - values.mean()  # smaller sums, less cancellation in the SSE
+    first = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(centred, 0)])[edges]
+    second = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(centred * centred, 0)])[edges]
+    count = edges.to(torch.float64)
+    gap = count[None, :] - count[:, None]  # samples between edge l (row) and edge i (column)
+    sums = first[None, :] - first[:, None]
+    cost = (second[None, :] - second[:, None]) - sums * sums / gap.clamp_min(1.0)
+    cost = torch.where(gap > 0, cost.clamp_min(0.0), torch.tensor(math.inf, dtype=torch.float64))
+    best = cost[0]  # one run from edge 0 to edge i
+    choices = []
+    for _ in range(1, k):
+        total = best[:, None] + cost
+        best, choice = total.min(0)
+        choices.append(choice)
+    ends = [edges.numel() - 1]
+    for choice in reversed(choices):
+        ends.append(int(choice[ends[-1]]))
+    return edges[torch.tensor(ends[::-1])]
+
+
+def kmeans_1d(sorted_values: Tensor, k: int, bins: int = KMEANS_BINS, max_iter: int = KMEANS_MAX_ITER) -> Tensor:
+    """k-means on sorted 1-D data (clusters of consecutive values), returned as cluster end positions.
+
+    In one dimension every k-means cluster is a run of consecutive sorted values. The runs start from the
+    least-squares split with ends on about ``bins`` edges, half of them equal-count, half equal-width (dynamic
+    programming; the exact k-means optimum when ``m <= bins // 2``), then Lloyd's iterations polish them on
+    the full data (each costs ``O(k log m)`` with prefix sums; they never raise the within-cluster sum of
+    squares): centres are run means, and each end moves to the midpoint between neighbouring centres (a value
+    exactly on a midpoint joins the lower cluster, so equal values share a cluster). Deterministic, no random
+    restarts. With fewer than ``k`` distinct values the data are cut into ``k`` equal-count slices instead
+    (the reference does so when all values are equal).
+
+    Args:
+        sorted_values: ascending float values, shape ``(m,)`` with ``m >= k``.
+        k: number of clusters, >= 1.
+        bins: edges of the dynamic-programming start (memory ``O(bins²)``).
+        max_iter: Lloyd iterations at most.
+
+    Returns:
+        int64 end positions of the ``k`` clusters (cluster ``j`` is ``sorted_values[ends[j-1]:ends[j]]``,
+        ``ends[-1] == m``); a cluster may be empty only when two centres coincide.
+    """
+    m = sorted_values.numel()
+    if not 1 <= k <= m:
+        raise ValueError(f"cannot split {m} values into {k} clusters")
+    equal_slices = torch.round(torch.arange(1, k + 1, dtype=torch.float64) * (m / k)).to(torch.int64)
+    if k == 1:
+        return equal_slices
+    distinct = int(torch.count_nonzero(sorted_values[1:] != sorted_values[:-1])) + 1
+    if distinct < k:
+        return equal_slices
+    values = sorted_values.to(torch.float64)
+    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(values, 0)])
+    ends = _optimal_segments(values, k, bins)
+    centers = torch.zeros(k, dtype=torch.float64)
+    for _ in range(max_iter):
+        starts = torch.cat([torch.zeros(1, dtype=torch.int64), ends[:-1]])
+        sizes = ends - starts
+        means = (prefix[ends] - prefix[starts]) / sizes.clamp_min(1)
+        centers = torch.where(sizes > 0, means, centers)  # an empty cluster keeps its last centre
+        midpoints = (centers[:-1] + centers[1:]) / 2
+        new_ends = torch.cat([torch.searchsorted(values, midpoints, right=True), torch.tensor([m])])
+        if torch.equal(new_ends, ends):
+            break
+        ends = new_ends
+    return ends
+
+
+def window_start(iteration: int, num_groups: int, window: int) -> int:
+    """First cluster of the window at the ``iteration``-th pruned epoch (0-based; 0 trains every cluster).
+
+    The window slides one cluster per epoch from the easy end and wraps around after reaching the hard
+    end: ``iteration mod (k - w + 1)``, as in the reference.
+    """
+    return iteration % (num_groups - window + 1)
+
+
+@dataclass(frozen=True)
+class SeTaDecision:
+    """The outcome of one SeTa selection.
+
+    Attributes:
+        indices: int64 dataset indices to train.
+        cluster_sizes: samples per cluster, easy to hard (empty for an epoch without clustering).
+        start: first cluster of the window (-1 without clustering).
+        low: smallest loss in the window (NaN without clustering).
+        high: largest loss in the window (NaN without clustering).
+    """
+
+    indices: Tensor
+    cluster_sizes: Tensor
+    start: int
+    low: float
+    high: float
+
+
+def seta_select(
+    scores: Tensor,
+    keep: int,
+    num_groups: int,
+    window: int,
+    iteration: int | None,
+    generator: torch.Generator,
+) -> SeTaDecision:
+    """One SeTa decision on a score table (pure function).
+
+    Args:
+        scores: float32 loss of every sample, shape ``(N,)``, no NaN (impute unknown scores first).
+        keep: m, the size of the uniform random subset.
+        num_groups: k clusters.
+        window: w clusters trained, ``1 <= w <= k``.
+        iteration: index of the pruned epoch for the window position, or ``None`` for random pruning
+            only (the first pruned epoch and the partial-annealing epochs).
+        generator: source of the random subset (and of the order of equal losses).
+
+    Returns:
+        The decision: the ``m`` random samples (``iteration`` None or 0), or those of the window.
+    """
+    subset = random_choice(scores.numel(), keep, generator)
+    if iteration is None or iteration == 0:
+        return SeTaDecision(subset, torch.empty(0, dtype=torch.int64), -1, math.nan, math.nan)
+    # Random order of the subset first, so equal losses are ordered at random by the stable sort.
+    subset = subset[torch.randperm(subset.numel(), generator=generator)]
+    sorted_scores, order = torch.sort(scores[subset], stable=True)
+    ends = kmeans_1d(sorted_scores, num_groups)
+    starts = torch.cat([torch.zeros(1, dtype=torch.int64), ends[:-1]])
+    start = window_start(iteration, num_groups, window)
+    first, last = int(starts[start]), int(ends[start + window - 1])
+    if last == first:  # only when coinciding centres emptied the whole window: train the random subset
+        return SeTaDecision(subset, ends - starts, start, math.nan, math.nan)
+    chosen = subset[order[first:last]]
+    return SeTaDecision(chosen, ends - starts, start, float(sorted_scores[first]), float(sorted_scores[last - 1]))
+
+
+@register("seta")
+class SeTa(PruningCallback):
+    """SeTa: random pruning, loss clustering and an easy-to-hard sliding window over the clusters.
+
+    Per pruned epoch ``t`` (0-based, counted after the warm-up epochs):
+
+    1. a uniform random subset of ``m = floor(r · N)`` samples, ``r = 1 - prune_ratio``;
+    2. ``t = 0`` trains all of it (no losses yet); otherwise the ``m`` samples are clustered into ``k``
+       clusters by their last training loss (1-D k-means), ordered from easy to hard;
+    3. the ``w = round(window_scale · k)`` clusters starting at ``t mod (k - w + 1)`` are trained.
+
+    Epochs ``e >= floor(delta · max_epochs)`` train on a fresh uniform ``m`` samples ("partial annealing").
+    So the kept fraction is ``m / N`` in those epochs and ``(m / N) · s_t`` in a window epoch, where ``s_t``
+    is the share of the ``m`` samples in the window's clusters (``w / k`` only if the clusters were equal;
+    k-means clusters on skewed losses are not). Logged per epoch as ``window_share``.
+
+    Samples never trained yet have no loss; they are clustered with the mean of the known losses (the
+    reference gives them the constant 3).
+
+    Args:
+        prune_ratio: fraction dropped by the random step, in ``[0, 0.9]`` (the reference clamps the kept
+            share to at least 0.1; larger values are refused rather than silently clamped).
+        num_groups: number k of loss clusters, >= 1.
+        window_scale: share of the clusters in the window, in ``(0, 1]``; ``w = round(window_scale · k)``
+            with Python's round (half to even, as in the reference) must be >= 1.
+        delta: the window runs while ``epoch < floor(delta · max_epochs)``; later epochs partially anneal.
+            In ``(0, 1]``; ``1`` never anneals.
+        seed: seed of the random draws (default: rank 0's ``torch.initial_seed()``).
+        warmup_epochs: first epochs trained on the full data before SeTa starts (ours; the reference has none).
+    """
+
+    key_arguments = ("prune_ratio", "num_groups", "window_scale", "delta")
+    state_attributes = ("scores", "scored")
+
+    def __init__(
+        self,
+        prune_ratio: float = 0.1,
+        num_groups: int = 5,
+        window_scale: float = 0.9,
+        delta: float = 0.875,
+        *,
+        seed: int | None = None,
+        warmup_epochs: int = 0,
+    ) -> None:
+        super().__init__(seed=seed, warmup_epochs=warmup_epochs)
+        prune_ratio = float(prune_ratio)
+        if not 0.0 <= prune_ratio <= 1.0 - MIN_KEEP_RATIO:
+            raise ValueError(
+                f"`prune_ratio` must be in [0, 0.9] (the share SeTa's random step drops; the reference keeps at "
+                f"least 10%), got {prune_ratio!r}. Raise the saving with a smaller window_scale instead."
+            )
+        if isinstance(num_groups, bool) or int(num_groups) != num_groups or num_groups < 1:
+            raise ValueError(f"`num_groups` must be an integer >= 1 (the number of loss clusters), got {num_groups!r}.")
+        window_scale = float(window_scale)
+        window = round(window_scale * int(num_groups)) if 0.0 < window_scale <= 1.0 else 0
+        if window < 1:
+            raise ValueError(
+                f"`window_scale` must be in (0, 1] with round(window_scale * num_groups) >= 1 (the clusters trained "
+                f"per epoch), got window_scale={window_scale!r}, num_groups={num_groups!r}."
+            )
+        delta = float(delta)
+        if not 0.0 < delta <= 1.0:
+            raise ValueError(
+                f"`delta` must be in (0, 1] (the window runs while epoch < floor(delta * max_epochs), then random "
+                f"pruning only), got {delta!r}. Use delta=0.875 as in the reference, or 1.0 to never anneal."
+            )
+        self.prune_ratio = prune_ratio
+        self.num_groups = int(num_groups)
+        self.window_scale = window_scale
+        self.window = window
+        self.delta = delta
+        self.scores = torch.zeros(0)
+        self.scored = torch.zeros(0, dtype=torch.bool)
+
+    @property
+    def keep(self) -> int:
+        """m = floor(r · N), the size of the random subset (the reference's ``int(N * r)``)."""
+        # The relative 1e-12 guards the floor against float noise (1 - 0.3 = 0.69999...).
+        return math.floor((1.0 - self.prune_ratio) * self.num_samples * (1.0 + 1e-12))
+
+    @property
+    def anneal_from(self) -> int | None:
+        """First partial-annealing epoch, ``floor(delta · max_epochs)`` (``None``: never)."""
+        if self.delta >= 1.0 or self._max_epochs is None:
+            return None
+        return math.floor(self.delta * self._max_epochs * (1.0 + 1e-12))
+
+    def reset(self, num_samples: int) -> None:
+        if self.delta < 1.0 and self._max_epochs is None:
+            raise ValueError("SeTa anneals from epoch floor(delta * max_epochs), which needs max_epochs (or delta=1).")
+        if self.keep < self.num_groups:
+            raise ValueError(
+                f"SeTa keeps {self.keep} of {num_samples} samples in its random step, fewer than num_groups="
+                f"{self.num_groups} clusters; lower num_groups or prune_ratio."
+            )
+        self.scores = torch.zeros(num_samples)
+        self.scored = torch.zeros(num_samples, dtype=torch.bool)
+
+    def update(self, harvest: Harvest) -> None:
+        # The latest training loss overwrites the score, as in the reference.
+        self.scores[harvest.indices] = harvest.losses.to(torch.float32)
+        self.scored[harvest.indices] = True
+
+    def expected_subset_size(self, epoch: int) -> int | None:
+        iteration = self._iteration(epoch)
+        return self.keep if iteration is None or iteration == 0 else None
+
+    def _iteration(self, epoch: int) -> int | None:
+        """The window's pruned-epoch index, or ``None`` in a partial-annealing epoch."""
+        anneal_from = self.anneal_from
+        if anneal_from is not None and epoch >= anneal_from:
+            return None
+        return epoch - self.warmup_epochs
+
+    def select(self, epoch: int, generator: torch.Generator) -> Selection:
+        iteration = self._iteration(epoch)
+        scores = self.scores
+        num_scored = int(torch.count_nonzero(self.scored))
+        if iteration and 0 < num_scored < self.num_samples:
+            # Unknown losses join the clustering at the mean of the known ones.
+            mean = float(scores.sum()) / num_scored
+            scores = torch.where(self.scored, scores, torch.tensor(mean, dtype=scores.dtype))
+        decision = seta_select(scores, self.keep, self.num_groups, self.window, iteration, generator)
+        keep = self.keep
+        stats = {
+            "random_kept_fraction": keep / self.num_samples,
+            "window_share": decision.indices.numel() / keep,
+            "window_start": float(decision.start),
+            "annealing": float(iteration is None),
+        }
+        if decision.cluster_sizes.numel():
+            stats["window_low_loss"] = decision.low
+            stats["window_high_loss"] = decision.high
+            stats["largest_cluster_share"] = float(decision.cluster_sizes.max()) / keep
+        return Selection(decision.indices, stats=stats)
