@@ -1,16 +1,21 @@
-"""The ``lightning-pruning`` command: a LightningCLI with a ready classifier, Fashion-MNIST and any pruning callback.
+"""The ``lightning-pruning`` command: a LightningCLI with any model, any data and any pruning callback.
 
 Examples::
 
     lightning-pruning fit --config configs/rcap.yaml
     lightning-pruning fit --trainer.callbacks+=RandomPruning --trainer.callbacks.prune_ratio=0.5
     lightning-pruning fit --config configs/full.yaml --model.backbone cnn --data.long_tailed true
+    lightning-pruning fit --config configs/rcap.yaml --model my_pkg.MyModule --data my_pkg.MyDataModule
     lightning-pruning fit --help                                    # all options, and every method's arguments
     lightning-pruning fit --trainer.callbacks.help RCAP             # one method's arguments
+    lightning-pruning fit --model.help my_pkg.MyModule              # the arguments of your model
 
-The model is :class:`~lightning_pruning.models.ImageClassifier` and the data
-:class:`~lightning_pruning.data.fashion_mnist_datamodule.FashionMNISTDataModule` (both configurable
-under ``model.`` and ``data.``); ``python -m lightning_pruning.cli`` is the same command.
+Model and data are chosen in subclass mode (``--model`` / ``--data``: a class path, or a YAML file). The
+defaults are :class:`~lightning_pruning.models.ImageClassifier` and
+:class:`~lightning_pruning.data.fashion_mnist_datamodule.FashionMNISTDataModule`. A ``LightningDataModule``
+that is not a :class:`~lightning_pruning.data.datamodule.PruningDataModule` is wrapped in one
+(``PruningDataModule(datamodule=...)``), so its training loader serves each epoch's pruned subset.
+``python -m lightning_pruning.cli`` is the same command.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import textwrap
 from collections.abc import Iterable
 from typing import Any
 
+import lightning.pytorch as pl
 from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 import lightning_pruning.methods as _methods
+from lightning_pruning.data.datamodule import PruningDataModule
 from lightning_pruning.data.fashion_mnist_datamodule import FashionMNISTDataModule
 from lightning_pruning.methods.base import PruningCallback
 from lightning_pruning.methods.registry import METHODS
@@ -102,13 +109,66 @@ class _KeepLinesFormatter(DefaultHelpFormatter):
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
+#: The model and data a run gets when ``--model`` / ``--data`` name none.
+DEFAULT_MODEL: type[pl.LightningModule] = ImageClassifier
+DEFAULT_DATA: type[pl.LightningDataModule] = FashionMNISTDataModule
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe_defaults(width: int = 100) -> str:
+    """Plain-text listing of the default model's and data's arguments (subclass mode hides them in ``--help``)."""
+    lines = [
+        "model and data (--model / --data: a class path or a YAML file; a plain LightningDataModule is wrapped in",
+        "PruningDataModule; the arguments of any class: --model.help CLASS, --data.help CLASS):",
+    ]
+    for key, cls in (("model", DEFAULT_MODEL), ("data", DEFAULT_DATA)):
+        lines += ["", f"  default {key}: {_class_path(cls)}"]
+        for parameter in inspect.signature(cls).parameters.values():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            default = "" if parameter.default is parameter.empty else f" (default: {parameter.default!r})"
+            lines.append(f"      --{key}.{parameter.name}{default}")
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="          ") for line in lines)
+
+
 class PruningCLI(LightningCLI):
-    """LightningCLI with the project's defaults: :class:`ImageClassifier`, :class:`FashionMNISTDataModule`, a
-    CSV logger, and a short summary after ``fit``."""
+    """LightningCLI in subclass mode with the project's defaults (:class:`ImageClassifier`,
+    :class:`FashionMNISTDataModule`), a CSV logger, and a short summary after ``fit``.
+
+    A user's ``LightningDataModule`` that is not a :class:`PruningDataModule` is wrapped in
+    ``PruningDataModule(datamodule=...)`` after instantiation, with or without a pruning callback, so the
+    full-data baseline and the pruned runs shuffle through the same sampler.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Makes :class:`ImageClassifier` and :class:`FashionMNISTDataModule` the defaults of subclass mode."""
+        parser.set_defaults(
+            {"model": {"class_path": _class_path(DEFAULT_MODEL)}, "data": {"class_path": _class_path(DEFAULT_DATA)}}
+        )
+
+    def after_instantiate_classes(self) -> None:
+        """Wraps a plain ``LightningDataModule`` in :class:`PruningDataModule`."""
+        self.datamodule = wrap_datamodule(self.datamodule)
 
     def after_fit(self) -> None:
         """Prints the final validation accuracy, worst-class accuracy, saved fraction and the metrics file."""
         _print_summary(self.trainer)
+
+
+def wrap_datamodule(datamodule: pl.LightningDataModule | None) -> pl.LightningDataModule | None:
+    """``datamodule`` itself if it is a :class:`PruningDataModule` (or ``None``), else one wrapping it.
+
+    The wrapper carries the wrapped module's hyper-parameters, so loggers record them as before.
+    """
+    if datamodule is None or isinstance(datamodule, PruningDataModule):
+        return datamodule
+    wrapper = PruningDataModule(datamodule=datamodule)
+    if datamodule.hparams:
+        wrapper.save_hyperparameters(dict(datamodule.hparams))
+    return wrapper
 
 
 @rank_zero_only
@@ -135,12 +195,12 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
         kwargs: other arguments of ``LightningCLI``.
     """
     import_all_methods()
-    epilog = describe_methods()
+    epilog = describe_defaults() + "\n\n" + describe_methods()
     formatting = {"epilog": epilog, "formatter_class": _KeepLinesFormatter}
     main_kwargs = {
         **formatting,
         "prog": "lightning-pruning",
-        "description": "Train an image classifier with dynamic data pruning (a LightningCLI).",
+        "description": "Train any LightningModule with dynamic data pruning (a LightningCLI in subclass mode).",
     }
     parser_kwargs: dict[str, Any] = {**main_kwargs, "fit": dict(formatting)}
     options: dict[str, Any] = {
@@ -151,7 +211,9 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
         "seed_everything_default": 0,
     }
     options.update(kwargs)
-    return PruningCLI(ImageClassifier, FashionMNISTDataModule, args=args, run=run, **options)
+    options.setdefault("subclass_mode_model", True)
+    options.setdefault("subclass_mode_data", True)
+    return PruningCLI(pl.LightningModule, pl.LightningDataModule, args=args, run=run, **options)
 
 
 def main() -> None:

@@ -88,7 +88,13 @@ class PruningDataModule(pl.LightningDataModule):
         collate_fn: the collate function; the batches it builds reach ``training_step`` unchanged.
         drop_last: drop the last incomplete training batch of every epoch.
         train_labels: class label of every training sample, for methods that need labels, when the
-            dataset has no ``targets``/``labels`` attribute.
+            dataset has no ``targets``/``labels`` attribute (see :mod:`lightning_pruning.data.labels`).
+        train_groups: group id of every training sample (e.g. class × attribute, see
+            :func:`~lightning_pruning.data.groups.group_ids`). When given, methods that split their budget
+            over classes (RCAP, stratified Random*/RS2) split it over these groups instead, and their
+            per-class logs and read-outs are per group.
+        label_column: the label column of a Hugging Face ``datasets.Dataset`` training set (default: its
+            only ``ClassLabel`` feature, else a column named ``label``/``labels``).
         seed: seed of the per-epoch shuffle. ``None`` takes ``torch.initial_seed()`` of rank 0 at setup
             (so ``seed_everything`` controls it) and stores it in checkpoints.
     """
@@ -110,6 +116,8 @@ class PruningDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         train_labels: Tensor | Sequence[int] | None = None,
         seed: int | None = None,
+        train_groups: Tensor | Sequence[int] | None = None,
+        label_column: str | None = None,
     ) -> None:
         super().__init__()
         if datamodule is None and train_dataset is None:
@@ -135,6 +143,8 @@ class PruningDataModule(pl.LightningDataModule):
         self.collate_fn = collate_fn
         self.drop_last = drop_last
         self.explicit_labels = train_labels
+        self.explicit_groups = train_groups
+        self.label_column = label_column
         self.seed = seed
         self.train_sampler: SubsetSampler | None = None
         self._loader_options: dict[str, Any] = {}
@@ -239,12 +249,21 @@ class PruningDataModule(pl.LightningDataModule):
     def train_labels(self) -> tuple[Tensor, Tensor]:
         """Contiguous labels ``0..C-1`` of every training sample and the original class values.
 
+        With ``train_groups`` these are the groups (the strata that class-aware methods split over).
+
         Raises:
             LabelsNotFoundError: if no labels are available.
         """
         if self._labels is None:
             assert self.train_dataset is not None
-            raw = resolve_labels(self.train_dataset, self.num_train_samples, self.explicit_labels)
+            groups = self.explicit_groups is not None
+            raw = resolve_labels(
+                self.train_dataset,
+                self.num_train_samples,
+                self.explicit_groups if groups else self.explicit_labels,
+                label_column=self.label_column,
+                argument="train_groups" if groups else "train_labels",
+            )
             self._labels = contiguous_labels(raw)
         return self._labels
 
