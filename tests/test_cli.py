@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from lightning_pruning.cli import cli_main, describe_methods, import_all_methods
+from lightning_pruning.data.datamodule import PruningDataModule
 from lightning_pruning.data.fashion_mnist_datamodule import FashionMNISTDataModule
 from lightning_pruning.methods.base import PruningCallback
 from lightning_pruning.methods.registry import METHODS
@@ -145,3 +147,113 @@ def test_lightning_help_of_each_callback_shows_its_docstring(name: str, capsys: 
     for parameter, help_text in _argument_docs(cls).items():
         assert f"--trainer.callbacks.{parameter}" in text
         assert " ".join(help_text.split()[:6]) in text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The user's own model and data (tests/cli_user.py), chosen by class path in subclass mode.
+USER = ["--model=cli_user.UserClassifier", "--data=cli_user.UserDataModule"]
+
+
+def user_tiny(tmp_path: Path) -> list[str]:
+    """Overrides for a tiny run of the user's classes. Settings named like the config's (``num_classes``,
+    ``lr``, ``batch_size``) carry over from the config, as jsonargparse keeps init args the new class accepts."""
+    return [
+        *USER,
+        "--model.num_classes=3",
+        "--model.lr=0.2",
+        "--data.batch_size=16",
+        "--data.num_samples=96",
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.enable_checkpointing=false",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_every_config_runs_the_users_own_model_and_datamodule(config: Path, tmp_path: Path) -> None:
+    from cli_user import UserClassifier, UserDataModule
+
+    cli = cli_main(["fit", f"--config={config}", *user_tiny(tmp_path)])
+    assert type(cli.model) is UserClassifier
+    # The plain LightningDataModule was wrapped, and its loader settings adopted.
+    assert type(cli.datamodule) is PruningDataModule and type(cli.datamodule.inner) is UserDataModule
+    assert cli.datamodule.batch_size == 16 and cli.datamodule.hparams["num_samples"] == 96
+    assert cli.trainer.current_epoch == 2
+    trained = [cli.model.trained_per_epoch[epoch] for epoch in range(2)]
+    pruners = [callback for callback in cli.trainer.callbacks if isinstance(callback, PruningCallback)]
+    if config.stem == "full":
+        assert pruners == [] and trained == [96, 96]
+    else:
+        (pruner,) = pruners
+        assert type(pruner) is METHODS[config.stem]
+        # Every epoch trained exactly the subset the method decided, through the wrapped loader.
+        assert trained == [int(entry["epoch_samples"]) for entry in pruner.history]
+        assert pruner.num_samples == 96
+        if pruner.planned_subset_size(1) is not None:  # fixed-budget methods prune from epoch 1 at the latest
+            assert min(trained) < 96
+    worst = [float(row["val/worst_class_acc"]) for row in read_metrics(cli) if row.get("val/worst_class_acc")]
+    assert len(worst) == 2 and all(0.0 <= value <= 1.0 for value in worst)
+
+
+def test_rcap_budgets_come_from_the_users_tensor_dataset_labels(tmp_path: Path) -> None:
+    args = ["fit", "--config", str(ROOT / "configs" / "rcap.yaml"), *user_tiny(tmp_path)]
+    cli = cli_main(args)
+    (pruner,) = [callback for callback in cli.trainer.callbacks if isinstance(callback, PruningCallback)]
+    assert pruner.class_values == [0, 1, 2]
+    assert pruner.class_layout is not None and pruner.class_layout.counts.tolist() == [32, 32, 32]
+
+
+def test_print_config_shows_the_complete_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--config", str(ROOT / "configs" / "rcap.yaml"), *user_tiny(tmp_path), "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"] == {
+        "class_path": "cli_user.UserClassifier",
+        "init_args": {"features": 6, "num_classes": 3, "hidden": 16, "lr": 0.2},
+    }
+    assert config["data"]["class_path"] == "cli_user.UserDataModule"
+    assert config["data"]["init_args"]["batch_size"] == 16
+    (callback,) = config["trainer"]["callbacks"]
+    assert callback["class_path"] == "lightning_pruning.methods.rcap.RCAP"
+    assert callback["init_args"]["prune_ratio"] == 0.5 and "beta" in callback["init_args"]
+    assert config["trainer"]["max_epochs"] == 2
+
+
+def test_print_config_of_the_defaults_names_their_classes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["class_path"].endswith("ImageClassifier")
+    assert config["model"]["init_args"]["backbone"] == "mlp"
+    assert config["data"]["class_path"].endswith("FashionMNISTDataModule")
+    assert config["data"]["init_args"]["long_tailed"] is False
+
+
+def test_a_pruning_datamodule_subclass_is_not_wrapped(tmp_path: Path) -> None:
+    cli = cli_main(["--trainer.logger.init_args.save_dir", str(tmp_path), "--data=FashionMNISTDataModule"], run=False)
+    assert type(cli.datamodule) is FashionMNISTDataModule
+
+
+def test_a_model_that_is_no_lightning_module_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "--model=cli_user.UserDataModule", *user_tiny(tmp_path)[1:]])
+    assert "model" in capsys.readouterr().err
+
+
+def test_console_script_runs_a_users_module_with_a_shorthand_callback(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("lightning-pruning")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "lightning_pruning.cli"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
+    result = subprocess.run(
+        [*command, "fit", *user_tiny(tmp_path), "--trainer.callbacks+=RCAP", "--trainer.callbacks.prune_ratio=0.5"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "RCAP saved 50.0% of the sample passes" in result.stdout  # 48 of 96 samples in both epochs
+    assert "val/worst_class_acc" in result.stdout
