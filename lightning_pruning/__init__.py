@@ -8,6 +8,7 @@ from lightning_pruning.data import (
     FashionMNISTDataModule,
     PruningDataModule,
     SubsetSampler,
+    group_ids,
     load_fashion_mnist,
     load_fashion_mnist_lt,
 )
@@ -26,7 +27,7 @@ from lightning_pruning.methods import (
     RePB,
     Selection,
 )
-from lightning_pruning.metrics import PerClassAccuracy, WorstClassAccuracy
+from lightning_pruning.metrics import PerClassAccuracy, PerGroupAccuracy, WorstClassAccuracy, WorstGroupAccuracy
 from lightning_pruning.models import ImageClassifier
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "InfoBatch",
     "OrderDP",
     "PerClassAccuracy",
+    "PerGroupAccuracy",
     "PruningCallback",
     "PruningDataModule",
     "RandomPruning",
@@ -50,6 +52,8 @@ __all__ = [
     "Selection",
     "SubsetSampler",
     "WorstClassAccuracy",
+    "WorstGroupAccuracy",
+    "group_ids",
     "load_fashion_mnist",
     "load_fashion_mnist_lt",
     "pruning_loss",

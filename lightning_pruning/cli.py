@@ -151,7 +151,8 @@ class PruningCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         """Wraps a plain ``LightningDataModule`` in :class:`PruningDataModule`."""
-        self.datamodule = wrap_datamodule(self.datamodule)
+        datamodule: pl.LightningDataModule | None = getattr(self, "datamodule", None)
+        self.datamodule = wrap_datamodule(datamodule)
 
     def after_fit(self) -> None:
         """Prints the final validation accuracy, worst-class accuracy, saved fraction and the metrics file."""

@@ -8,6 +8,7 @@ from lightning_pruning.data.fashion_mnist import (
     long_tailed_indices,
 )
 from lightning_pruning.data.fashion_mnist_datamodule import FashionMNISTDataModule
+from lightning_pruning.data.groups import group_ids
 from lightning_pruning.data.labels import LabelsNotFoundError, contiguous_labels, find_labels, resolve_labels
 from lightning_pruning.data.sampler import SubsetSampler
 
@@ -19,6 +20,7 @@ __all__ = [
     "SubsetSampler",
     "TensorImageDataset",
     "contiguous_labels",
+    "group_ids",
     "find_labels",
     "load_fashion_mnist",
     "load_fashion_mnist_lt",
