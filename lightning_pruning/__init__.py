@@ -29,6 +29,7 @@ from lightning_pruning.methods import (
 )
 from lightning_pruning.metrics import PerClassAccuracy, PerGroupAccuracy, WorstClassAccuracy, WorstGroupAccuracy
 from lightning_pruning.models import ImageClassifier
+from lightning_pruning.reduction import per_sample_mean
 
 __version__ = "0.1.0"
 
@@ -56,5 +57,6 @@ __all__ = [
     "group_ids",
     "load_fashion_mnist",
     "load_fashion_mnist_lt",
+    "per_sample_mean",
     "pruning_loss",
 ]
