@@ -24,12 +24,13 @@ import importlib
 import inspect
 import os
 import pkgutil
+import sys
 import textwrap
 from collections.abc import Iterable
 from typing import Any
 
 import lightning.pytorch as pl
-from jsonargparse import DefaultHelpFormatter
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -118,6 +119,29 @@ def _class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _short_path(cls: type) -> str:
+    """The path jsonargparse reports for a class re-exported by the package (``lightning_pruning.X``)."""
+    return f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
+
+
+def _without_print_config(args: list[str]) -> list[str]:
+    """``args`` without ``--print_config`` (and its flags), which would print and exit during the first parse."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-") and arg not in ("fit", "validate", "test", "predict"):
+                continue
+        if arg == "--print_config":
+            skip_value = True
+            continue
+        if arg.startswith("--print_config="):
+            continue
+        kept.append(arg)
+    return kept
+
+
 def describe_defaults(width: int = 100) -> str:
     """Plain-text listing of the default model's and data's arguments (subclass mode hides them in ``--help``)."""
     lines = [
@@ -148,6 +172,37 @@ class PruningCLI(LightningCLI):
         parser.set_defaults(
             {"model": {"class_path": _class_path(DEFAULT_MODEL)}, "data": {"class_path": _class_path(DEFAULT_DATA)}}
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parses twice when ``--model``/``--data`` choose another class than the default.
+
+        jsonargparse keeps the current init args that a newly chosen class also accepts, so after one parse
+        a user's model would silently inherit the default classifier's ``lr`` and ``num_classes`` and a
+        user's DataModule the default ``batch_size``. The first parse only finds the chosen classes; the
+        second parses again with those classes as the defaults, so their own defaults apply. Values given
+        explicitly (command line, config files) are applied in both passes as usual.
+        """
+        raw = sys.argv[1:] if args is None else args
+        stripped = False
+        if isinstance(raw, (dict, Namespace)):
+            super().parse_arguments(parser, args)
+        else:
+            probe_args = _without_print_config(list(raw))
+            stripped = probe_args != list(raw)
+            super().parse_arguments(parser, probe_args)
+        subcommand = self.config.get("subcommand")
+        target = self._subcommand_parsers[subcommand] if subcommand else parser
+        config = self.config.get(subcommand) if subcommand else self.config
+        defaults = {}
+        for key, default in (("model", DEFAULT_MODEL), ("data", DEFAULT_DATA)):
+            chosen = config.get(key)
+            class_path = chosen.get("class_path") if isinstance(chosen, Namespace) else None
+            if class_path is not None and class_path not in (_class_path(default), _short_path(default)):
+                defaults[key] = {"class_path": class_path}
+        if not defaults and not stripped:
+            return
+        target.set_defaults(defaults)
+        super().parse_arguments(parser, args)
 
     def after_instantiate_classes(self) -> None:
         """Wraps a plain ``LightningDataModule`` in :class:`PruningDataModule`."""

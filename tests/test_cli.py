@@ -155,14 +155,9 @@ USER = ["--model=cli_user.UserClassifier", "--data=cli_user.UserDataModule"]
 
 
 def user_tiny(tmp_path: Path) -> list[str]:
-    """Overrides for a tiny run of the user's classes. Settings named like the config's (``num_classes``,
-    ``lr``, ``batch_size``) carry over from the config, as jsonargparse keeps init args the new class accepts."""
+    """Overrides for a tiny run of the user's classes (their own defaults: 96 samples, batches of 16)."""
     return [
         *USER,
-        "--model.num_classes=3",
-        "--model.lr=0.2",
-        "--data.batch_size=16",
-        "--data.num_samples=96",
         "--trainer.max_epochs=2",
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
@@ -205,6 +200,41 @@ def test_rcap_budgets_come_from_the_users_tensor_dataset_labels(tmp_path: Path) 
     assert pruner.class_layout is not None and pruner.class_layout.counts.tolist() == [32, 32, 32]
 
 
+def test_the_users_classes_keep_their_own_defaults(tmp_path: Path) -> None:
+    """The default classifier's ``lr``/``num_classes`` and the default data's ``batch_size`` must not leak
+    into the user's classes that have arguments of the same names (jsonargparse keeps shared init args)."""
+    cli = cli_main([*USER, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    own = {key: value for key, value in cli.model.hparams.items() if not key.startswith("_")}
+    assert own == {"features": 6, "num_classes": 3, "hidden": 16, "lr": 0.2}
+    assert cli.datamodule.inner.hparams["batch_size"] == 16 and cli.datamodule.inner.hparams["num_workers"] == 0
+    # Explicit values given after the class apply.
+    args = [*USER, "--model.hidden=8", "--model.lr=0.3", "--data.batch_size=24"]
+    cli = cli_main([*args, "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    assert cli.model.hparams["lr"] == 0.3 and cli.model.hparams["hidden"] == 8
+    assert cli.datamodule.inner.hparams["batch_size"] == 24
+    # The default classes keep theirs, and their options without naming them.
+    cli = cli_main(["--model.lr=0.01", "--trainer.logger.init_args.save_dir", str(tmp_path)], run=False)
+    assert type(cli.model) is ImageClassifier and cli.model.hparams["lr"] == 0.01
+    assert cli.datamodule.batch_size == 128
+
+
+def test_model_and_data_from_yaml_files(tmp_path: Path) -> None:
+    model = tmp_path / "model.yaml"
+    model.write_text("class_path: cli_user.UserClassifier\ninit_args:\n  hidden: 8\n")
+    data = tmp_path / "data.yaml"
+    data.write_text("class_path: cli_user.UserDataModule\ninit_args:\n  num_samples: 48\n")
+    cli = cli_main([f"--model={model}", f"--data={data}", f"--trainer.logger.init_args.save_dir={tmp_path}"], run=False)
+    assert cli.model.hparams["hidden"] == 8 and cli.model.hparams["lr"] == 0.2
+    assert cli.datamodule.inner.hparams["num_samples"] == 48 and cli.datamodule.inner.hparams["batch_size"] == 16
+
+
+def test_settings_of_the_default_model_are_refused_by_another_model(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("model:\n  backbone: cnn\n")
+    with pytest.raises(SystemExit):
+        cli_main([f"--config={config}", "--model=cli_user.UserClassifier"], run=False)
+
+
 def test_print_config_shows_the_complete_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["fit", "--config", str(ROOT / "configs" / "rcap.yaml"), *user_tiny(tmp_path), "--print_config"])
@@ -213,8 +243,10 @@ def test_print_config_shows_the_complete_config(tmp_path: Path, capsys: pytest.C
         "class_path": "cli_user.UserClassifier",
         "init_args": {"features": 6, "num_classes": 3, "hidden": 16, "lr": 0.2},
     }
-    assert config["data"]["class_path"] == "cli_user.UserDataModule"
-    assert config["data"]["init_args"]["batch_size"] == 16
+    assert config["data"] == {
+        "class_path": "cli_user.UserDataModule",
+        "init_args": {"num_samples": 96, "features": 6, "num_classes": 3, "batch_size": 16, "num_workers": 0},
+    }
     (callback,) = config["trainer"]["callbacks"]
     assert callback["class_path"] == "lightning_pruning.methods.rcap.RCAP"
     assert callback["init_args"]["prune_ratio"] == 0.5 and "beta" in callback["init_args"]
