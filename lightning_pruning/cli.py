@@ -210,7 +210,8 @@ class PruningCLI(LightningCLI):
         self.datamodule = wrap_datamodule(datamodule)
 
     def after_fit(self) -> None:
-        """Prints the final validation accuracy, worst-class accuracy, saved fraction and the metrics file."""
+        """Prints the final validation accuracy, worst-class (and worst-group) accuracy, saved fraction and the
+        metrics file."""
         _print_summary(self.trainer)
 
 
@@ -231,7 +232,8 @@ def wrap_datamodule(datamodule: pl.LightningDataModule | None) -> pl.LightningDa
 def _print_summary(trainer: Any) -> None:
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
     pruner = next((cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)), None)
-    parts = [f"{key} {metrics[key]:.4f}" for key in ("val/acc", "val/worst_class_acc") if key in metrics]
+    keys = ("val/acc", "val/worst_class_acc", "val/worst_group_acc")
+    parts = [f"{key} {metrics[key]:.4f}" for key in keys if key in metrics]
     if pruner is not None:
         parts.append(f"{type(pruner).__name__} saved {100 * pruner.saved_fraction:.1f}% of the sample passes")
     else:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_pruning import WorstClassAccuracy, pruning_loss
+from lightning_pruning import PruningDataModule, WorstClassAccuracy, group_ids, pruning_loss
 
 
 class UserClassifier(pl.LightningModule):
@@ -72,16 +72,17 @@ class UserDataModule(pl.LightningDataModule):
         self.train: TensorDataset | None = None
         self.val: TensorDataset | None = None
 
-    def _blobs(self, count: int, seed: int) -> TensorDataset:
+    @staticmethod
+    def _blobs_of(count: int, seed: int, features: int = 6, num_classes: int = 3) -> TensorDataset:
         generator = torch.Generator().manual_seed(seed)
-        hp = self.hparams
-        centers = 2 * torch.randn(hp["num_classes"], hp["features"], generator=torch.Generator().manual_seed(0))
-        y = torch.arange(count) % hp["num_classes"]
-        return TensorDataset(centers[y] + torch.randn(count, hp["features"], generator=generator), y)
+        centers = 2 * torch.randn(num_classes, features, generator=torch.Generator().manual_seed(0))
+        y = torch.arange(count) % num_classes
+        return TensorDataset(centers[y] + torch.randn(count, features, generator=generator), y)
 
     def setup(self, stage: str) -> None:
-        self.train = self._blobs(self.hparams["num_samples"], 1)
-        self.val = self._blobs(30, 2)
+        hp = self.hparams
+        self.train = self._blobs_of(hp["num_samples"], 1, hp["features"], hp["num_classes"])
+        self.val = self._blobs_of(30, 2, hp["features"], hp["num_classes"])
 
     def train_dataloader(self) -> DataLoader[Any]:
         assert self.train is not None
@@ -90,3 +91,22 @@ class UserDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader[Any]:
         assert self.val is not None
         return DataLoader(self.val, batch_size=32)
+
+
+class UserGroupData(PruningDataModule):
+    """Subclassing PruningDataModule: plain arguments for the CLI, datasets built in ``__init__``, and
+    groups (class × a binary attribute) handed to ``train_groups``.
+
+    Args:
+        num_samples: training set size.
+        batch_size: batch size.
+        use_groups: split class-aware budgets over the 6 groups instead of the 3 classes.
+    """
+
+    def __init__(self, num_samples: int = 96, batch_size: int = 16, use_groups: bool = True) -> None:
+        train, val = UserDataModule._blobs_of(num_samples, 1), UserDataModule._blobs_of(30, 2)
+        labels = train.tensors[1]
+        attribute = (torch.arange(num_samples) % 4 == 0).long()  # a rare attribute: a quarter of the samples
+        groups = group_ids(labels, attribute, num_attributes=2) if use_groups else None
+        super().__init__(train, val, batch_size=batch_size, train_groups=groups)
+        self.save_hyperparameters()

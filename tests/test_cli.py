@@ -235,6 +235,16 @@ def test_settings_of_the_default_model_are_refused_by_another_model(tmp_path: Pa
         cli_main([f"--config={config}", "--model=cli_user.UserClassifier"], run=False)
 
 
+def test_a_pruning_datamodule_subclass_with_groups_drives_rcap_from_the_cli(tmp_path: Path) -> None:
+    args = ["fit", "--config", str(ROOT / "configs" / "rcap.yaml"), *user_tiny(tmp_path)]
+    cli = cli_main([*args, "--data=cli_user.UserGroupData"])
+    assert type(cli.datamodule).__name__ == "UserGroupData"  # a PruningDataModule: not wrapped
+    (pruner,) = [callback for callback in cli.trainer.callbacks if isinstance(callback, PruningCallback)]
+    assert pruner.class_layout is not None and pruner.class_layout.counts.tolist() == [24, 8, 24, 8, 24, 8]
+    row = next(row for row in read_metrics(cli) if row.get("pruning/budget_class_5"))
+    assert sum(float(row[f"pruning/budget_class_{group}"]) for group in range(6)) == 48
+
+
 def test_print_config_shows_the_complete_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["fit", "--config", str(ROOT / "configs" / "rcap.yaml"), *user_tiny(tmp_path), "--print_config"])
