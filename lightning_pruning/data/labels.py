@@ -155,7 +155,7 @@ def resolve_labels(
     if labels.numel() != num_samples:
         raise LabelsNotFoundError(
             f"found {labels.numel()} labels for a training set of {num_samples} samples; "
-            f"`{argument}` must hold exactly one value per training sample, in dataset order."
+            f"`{argument}` must hold exactly one label (or group id) per training sample, in dataset order."
         )
     return labels
 
