@@ -8,6 +8,7 @@ from lightning_pruning.data import (
     FashionMNISTDataModule,
     PruningDataModule,
     SubsetSampler,
+    group_ids,
     load_fashion_mnist,
     load_fashion_mnist_lt,
 )
@@ -28,8 +29,9 @@ from lightning_pruning.methods import (
     SeTa,
     UCBVariance,
 )
-from lightning_pruning.metrics import PerClassAccuracy, WorstClassAccuracy
+from lightning_pruning.metrics import PerClassAccuracy, PerGroupAccuracy, WorstClassAccuracy, WorstGroupAccuracy
 from lightning_pruning.models import ImageClassifier
+from lightning_pruning.reduction import per_sample_mean
 
 __version__ = "0.1.0"
 
@@ -46,6 +48,7 @@ __all__ = [
     "InfoBatch",
     "OrderDP",
     "PerClassAccuracy",
+    "PerGroupAccuracy",
     "PruningCallback",
     "PruningDataModule",
     "RandomPruning",
@@ -54,7 +57,10 @@ __all__ = [
     "Selection",
     "SubsetSampler",
     "WorstClassAccuracy",
+    "WorstGroupAccuracy",
+    "group_ids",
     "load_fashion_mnist",
     "load_fashion_mnist_lt",
+    "per_sample_mean",
     "pruning_loss",
 ]

@@ -1,16 +1,21 @@
-"""The ``lightning-pruning`` command: a LightningCLI with a ready classifier, Fashion-MNIST and any pruning callback.
+"""The ``lightning-pruning`` command: a LightningCLI with any model, any data and any pruning callback.
 
 Examples::
 
     lightning-pruning fit --config configs/rcap.yaml
     lightning-pruning fit --trainer.callbacks+=RandomPruning --trainer.callbacks.prune_ratio=0.5
     lightning-pruning fit --config configs/full.yaml --model.backbone cnn --data.long_tailed true
+    lightning-pruning fit --config configs/rcap.yaml --model my_pkg.MyModule --data my_pkg.MyDataModule
     lightning-pruning fit --help                                    # all options, and every method's arguments
     lightning-pruning fit --trainer.callbacks.help RCAP             # one method's arguments
+    lightning-pruning fit --model.help my_pkg.MyModule              # the arguments of your model
 
-The model is :class:`~lightning_pruning.models.ImageClassifier` and the data
-:class:`~lightning_pruning.data.fashion_mnist_datamodule.FashionMNISTDataModule` (both configurable
-under ``model.`` and ``data.``); ``python -m lightning_pruning.cli`` is the same command.
+Model and data are chosen in subclass mode (``--model`` / ``--data``: a class path, or a YAML file). The
+defaults are :class:`~lightning_pruning.models.ImageClassifier` and
+:class:`~lightning_pruning.data.fashion_mnist_datamodule.FashionMNISTDataModule`. A ``LightningDataModule``
+that is not a :class:`~lightning_pruning.data.datamodule.PruningDataModule` is wrapped in one
+(``PruningDataModule(datamodule=...)``), so its training loader serves each epoch's pruned subset.
+``python -m lightning_pruning.cli`` is the same command.
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ import importlib
 import inspect
 import os
 import pkgutil
+import sys
 import textwrap
 from collections.abc import Iterable
 from typing import Any
 
-from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI
+import lightning.pytorch as pl
+from jsonargparse import DefaultHelpFormatter, Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
 import lightning_pruning.methods as _methods
+from lightning_pruning.data.datamodule import PruningDataModule
 from lightning_pruning.data.fashion_mnist_datamodule import FashionMNISTDataModule
 from lightning_pruning.methods.base import PruningCallback
 from lightning_pruning.methods.registry import METHODS
@@ -102,20 +110,130 @@ class _KeepLinesFormatter(DefaultHelpFormatter):
         return "".join(indent + line for line in text.splitlines(keepends=True))
 
 
+#: The model and data a run gets when ``--model`` / ``--data`` name none.
+DEFAULT_MODEL: type[pl.LightningModule] = ImageClassifier
+DEFAULT_DATA: type[pl.LightningDataModule] = FashionMNISTDataModule
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _short_path(cls: type) -> str:
+    """The path jsonargparse reports for a class re-exported by the package (``lightning_pruning.X``)."""
+    return f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
+
+
+def _without_print_config(args: list[str]) -> list[str]:
+    """``args`` without ``--print_config`` (and its flags), which would print and exit during the first parse."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            if not arg.startswith("-") and arg not in ("fit", "validate", "test", "predict"):
+                continue
+        if arg == "--print_config":
+            skip_value = True
+            continue
+        if arg.startswith("--print_config="):
+            continue
+        kept.append(arg)
+    return kept
+
+
+def describe_defaults(width: int = 100) -> str:
+    """Plain-text listing of the default model's and data's arguments (subclass mode hides them in ``--help``)."""
+    lines = [
+        "model and data (--model / --data: a class path or a YAML file; a plain LightningDataModule is wrapped in",
+        "PruningDataModule; the arguments of any class: --model.help CLASS, --data.help CLASS):",
+    ]
+    for key, cls in (("model", DEFAULT_MODEL), ("data", DEFAULT_DATA)):
+        lines += ["", f"  default {key}: {_class_path(cls)}"]
+        for parameter in inspect.signature(cls).parameters.values():
+            if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            default = "" if parameter.default is parameter.empty else f" (default: {parameter.default!r})"
+            lines.append(f"      --{key}.{parameter.name}{default}")
+    return "\n".join(textwrap.fill(line, width, subsequent_indent="          ") for line in lines)
+
+
 class PruningCLI(LightningCLI):
-    """LightningCLI with the project's defaults: :class:`ImageClassifier`, :class:`FashionMNISTDataModule`, a
-    CSV logger, and a short summary after ``fit``."""
+    """LightningCLI in subclass mode with the project's defaults (:class:`ImageClassifier`,
+    :class:`FashionMNISTDataModule`), a CSV logger, and a short summary after ``fit``.
+
+    A user's ``LightningDataModule`` that is not a :class:`PruningDataModule` is wrapped in
+    ``PruningDataModule(datamodule=...)`` after instantiation, with or without a pruning callback, so the
+    full-data baseline and the pruned runs shuffle through the same sampler.
+    """
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Makes :class:`ImageClassifier` and :class:`FashionMNISTDataModule` the defaults of subclass mode."""
+        parser.set_defaults(
+            {"model": {"class_path": _class_path(DEFAULT_MODEL)}, "data": {"class_path": _class_path(DEFAULT_DATA)}}
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parses twice when ``--model``/``--data`` choose another class than the default.
+
+        jsonargparse keeps the current init args that a newly chosen class also accepts, so after one parse
+        a user's model would silently inherit the default classifier's ``lr`` and ``num_classes`` and a
+        user's DataModule the default ``batch_size``. The first parse only finds the chosen classes; the
+        second parses again with those classes as the defaults, so their own defaults apply. Values given
+        explicitly (command line, config files) are applied in both passes as usual.
+        """
+        raw = sys.argv[1:] if args is None else args
+        stripped = False
+        if isinstance(raw, (dict, Namespace)):
+            super().parse_arguments(parser, args)
+        else:
+            probe_args = _without_print_config(list(raw))
+            stripped = probe_args != list(raw)
+            super().parse_arguments(parser, probe_args)
+        subcommand = self.config.get("subcommand")
+        target = self._subcommand_parsers[subcommand] if subcommand else parser
+        config = self.config.get(subcommand) if subcommand else self.config
+        defaults = {}
+        for key, default in (("model", DEFAULT_MODEL), ("data", DEFAULT_DATA)):
+            chosen = config.get(key)
+            class_path = chosen.get("class_path") if isinstance(chosen, Namespace) else None
+            if class_path is not None and class_path not in (_class_path(default), _short_path(default)):
+                defaults[key] = {"class_path": class_path}
+        if not defaults and not stripped:
+            return
+        target.set_defaults(defaults)
+        super().parse_arguments(parser, args)
+
+    def after_instantiate_classes(self) -> None:
+        """Wraps a plain ``LightningDataModule`` in :class:`PruningDataModule`."""
+        datamodule: pl.LightningDataModule | None = getattr(self, "datamodule", None)
+        self.datamodule = wrap_datamodule(datamodule)
 
     def after_fit(self) -> None:
-        """Prints the final validation accuracy, worst-class accuracy, saved fraction and the metrics file."""
+        """Prints the final validation accuracy, worst-class (and worst-group) accuracy, saved fraction and the
+        metrics file."""
         _print_summary(self.trainer)
+
+
+def wrap_datamodule(datamodule: pl.LightningDataModule | None) -> pl.LightningDataModule | None:
+    """``datamodule`` itself if it is a :class:`PruningDataModule` (or ``None``), else one wrapping it.
+
+    The wrapper carries the wrapped module's hyper-parameters, so loggers record them as before.
+    """
+    if datamodule is None or isinstance(datamodule, PruningDataModule):
+        return datamodule
+    wrapper = PruningDataModule(datamodule=datamodule)
+    if datamodule.hparams:
+        wrapper.save_hyperparameters(dict(datamodule.hparams))
+    return wrapper
 
 
 @rank_zero_only
 def _print_summary(trainer: Any) -> None:
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items() if value.numel() == 1}
     pruner = next((cb for cb in trainer.callbacks if isinstance(cb, PruningCallback)), None)
-    parts = [f"{key} {metrics[key]:.4f}" for key in ("val/acc", "val/worst_class_acc") if key in metrics]
+    keys = ("val/acc", "val/worst_class_acc", "val/worst_group_acc")
+    parts = [f"{key} {metrics[key]:.4f}" for key in keys if key in metrics]
     if pruner is not None:
         parts.append(f"{type(pruner).__name__} saved {100 * pruner.saved_fraction:.1f}% of the sample passes")
     else:
@@ -135,12 +253,12 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
         kwargs: other arguments of ``LightningCLI``.
     """
     import_all_methods()
-    epilog = describe_methods()
+    epilog = describe_defaults() + "\n\n" + describe_methods()
     formatting = {"epilog": epilog, "formatter_class": _KeepLinesFormatter}
     main_kwargs = {
         **formatting,
         "prog": "lightning-pruning",
-        "description": "Train an image classifier with dynamic data pruning (a LightningCLI).",
+        "description": "Train any LightningModule with dynamic data pruning (a LightningCLI in subclass mode).",
     }
     parser_kwargs: dict[str, Any] = {**main_kwargs, "fit": dict(formatting)}
     options: dict[str, Any] = {
@@ -151,7 +269,9 @@ def cli_main(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> 
         "seed_everything_default": 0,
     }
     options.update(kwargs)
-    return PruningCLI(ImageClassifier, FashionMNISTDataModule, args=args, run=run, **options)
+    options.setdefault("subclass_mode_model", True)
+    options.setdefault("subclass_mode_data", True)
+    return PruningCLI(pl.LightningModule, pl.LightningDataModule, args=args, run=run, **options)
 
 
 def main() -> None:

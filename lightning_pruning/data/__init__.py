@@ -8,6 +8,7 @@ from lightning_pruning.data.fashion_mnist import (
     long_tailed_indices,
 )
 from lightning_pruning.data.fashion_mnist_datamodule import FashionMNISTDataModule
+from lightning_pruning.data.groups import group_ids
 from lightning_pruning.data.labels import LabelsNotFoundError, contiguous_labels, find_labels, resolve_labels
 from lightning_pruning.data.sampler import SubsetSampler
 
@@ -20,6 +21,7 @@ __all__ = [
     "TensorImageDataset",
     "contiguous_labels",
     "find_labels",
+    "group_ids",
     "load_fashion_mnist",
     "load_fashion_mnist_lt",
     "long_tailed_indices",

@@ -90,7 +90,7 @@ class PruningDataModule(pl.LightningDataModule):
         collate_fn: the collate function; the batches it builds reach ``training_step`` unchanged.
         drop_last: drop the last incomplete training batch of every epoch.
         train_labels: class label of every training sample, for methods that need labels, when the
-            dataset has no ``targets``/``labels`` attribute.
+            dataset has no ``targets``/``labels`` attribute (see :mod:`lightning_pruning.data.labels`).
         seed: seed of the per-epoch shuffle. ``None`` takes ``torch.initial_seed()`` of rank 0 at the setup of
             every fit (so ``seed_everything`` controls it); the resolved seed is stored in checkpoints and a
             resumed run uses the checkpoint's.
@@ -98,6 +98,12 @@ class PruningDataModule(pl.LightningDataModule):
             loader decides this itself: a ``SequentialSampler`` (``shuffle=False``) means index order.
         orderer: optional ``orderer(subset, generator)`` giving each epoch's order instead of a uniform
             shuffle (see :class:`SubsetSampler`); a pure function of its arguments.
+        train_groups: group id of every training sample (e.g. class × attribute, see
+            :func:`~lightning_pruning.data.groups.group_ids`). When given, methods that split their budget
+            over classes (RCAP, stratified Random*/RS2) split it over these groups instead, and their
+            per-class logs and read-outs are per group.
+        label_column: the label column of a Hugging Face ``datasets.Dataset`` training set (default: its
+            only ``ClassLabel`` feature, else a column named ``label``/``labels``).
 
     The training loader is a :class:`~lightning_pruning.data.loader_state.ResumableDataLoader`, so a checkpoint
     saved at any training step resumes at exactly the next batch of the interrupted epoch.
@@ -122,6 +128,8 @@ class PruningDataModule(pl.LightningDataModule):
         seed: int | None = None,
         shuffle: bool = True,
         orderer: Orderer | None = None,
+        train_groups: Tensor | Sequence[int] | None = None,
+        label_column: str | None = None,
     ) -> None:
         super().__init__()
         if datamodule is None and train_dataset is None:
@@ -147,6 +155,8 @@ class PruningDataModule(pl.LightningDataModule):
         self.collate_fn = collate_fn
         self.drop_last = drop_last
         self.explicit_labels = train_labels
+        self.explicit_groups = train_groups
+        self.label_column = label_column
         self.seed = seed
         self._requested_seed = seed
         self.shuffle = shuffle
@@ -270,12 +280,21 @@ class PruningDataModule(pl.LightningDataModule):
     def train_labels(self) -> tuple[Tensor, Tensor]:
         """Contiguous labels ``0..C-1`` of every training sample and the original class values.
 
+        With ``train_groups`` these are the groups (the strata that class-aware methods split over).
+
         Raises:
             LabelsNotFoundError: if no labels are available.
         """
         if self._labels is None:
             assert self.train_dataset is not None
-            raw = resolve_labels(self.train_dataset, self.num_train_samples, self.explicit_labels)
+            groups = self.explicit_groups is not None
+            raw = resolve_labels(
+                self.train_dataset,
+                self.num_train_samples,
+                self.explicit_groups if groups else self.explicit_labels,
+                label_column=self.label_column,
+                argument="train_groups" if groups else "train_labels",
+            )
             self._labels = contiguous_labels(raw)
         return self._labels
 
