@@ -86,6 +86,24 @@ def test_full_data_run_without_callback_resumes_exactly(tmp_path: Path) -> None:
         assert_same_weights(reference, model)
 
 
+def test_resume_at_the_last_batch_before_a_longer_epoch_is_exact(tmp_path: Path) -> None:
+    """Lightning restarts a checkpoint saved at an epoch's last batch in the next epoch and compares the saved
+    batch count with the next epoch's length; a pruned epoch followed by a longer (annealing) one must still
+    start that epoch at its first batch."""
+
+    def annealing() -> PruningCallback:
+        return METHODS["random"](prune_ratio=0.5, annealing_fraction=0.5, seed=0)  # epochs 2, 3 on full data
+
+    reference, ids, method = run(step_checkpoints(tmp_path), method=annealing())
+    ends = epoch_ends(ids.batches)
+    assert ends[1] - ends[0] < ends[2] - ends[1], "epoch 2 must be longer than epoch 1"
+    model, resumed, again = run(method=annealing(), ckpt_path=tmp_path / f"step={ends[1]}.ckpt")
+    assert_same_batches(ids.batches[ends[1] :], resumed.batches)
+    assert_same_weights(reference, model)
+    assert method is not None and again is not None
+    assert_same_decisions(method, again)
+
+
 @pytest.mark.parametrize("name", ["rcap", "repb"])
 def test_mid_epoch_validation_checkpoints_resume_exactly(name: str, tmp_path: Path) -> None:
     """val_check_interval=0.5: the checkpoint written after the mid-epoch validation resumes exactly."""

@@ -81,6 +81,20 @@ def test_ties_and_scores_at_the_threshold_are_kept() -> None:
     assert as_dict(at_mean.indices, at_mean.weights) == {1: 1.0, 2: 1.0}  # floor(0.5 * 1) = 0 kept
 
 
+def test_equal_scores_whose_rounded_mean_exceeds_them_are_all_kept() -> None:
+    """float32: 3 x 6.0575 sums to a mean one ulp above 6.0575; no sample is below the true mean, so none is
+    well-learned and the epoch keeps everything (it used to drop all three and train nothing)."""
+    scores = torch.full((3,), 6.0575)
+    assert float(scores.sum()) / 3 > float(scores[0])  # the rounding this test is about
+    decision = infobatch_select(scores, 0.67, make_generator(0, 1))
+    assert decision.num_well_learned == 0
+    assert sorted(decision.indices.tolist()) == [0, 1, 2]
+    assert decision.weights.tolist() == [1.0, 1.0, 1.0]
+    scored = torch.tensor([True, True, True, False])
+    partial = infobatch_select(torch.cat([scores, torch.zeros(1)]), 0.67, make_generator(0, 1), scored)
+    assert partial.num_well_learned == 0 and partial.indices.numel() == 4
+
+
 def test_unscored_samples_do_not_count_and_are_kept() -> None:
     scores = torch.tensor([1.0, 3.0, 0.0, 0.0])
     scored = torch.tensor([True, True, False, False])

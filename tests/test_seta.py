@@ -161,7 +161,7 @@ def test_schedule_sizes_and_exact_saved_fraction() -> None:
         assert stats["annealing"] == float(epoch >= 8)
         method.update(harvest(epoch, indices, losses[indices]))
         sizes.append(indices.numel())
-    method._kept_counts = sizes  # what subset_for_epoch records
+    method._trained_counts = sizes  # what the harvests of a fit record
     method.num_samples = n
     assert method.saved_fraction == pytest.approx(1 - sum(sizes) / (n * 10))
     # linearly spaced losses give clusters of about equal size: the window holds about w/k of m

@@ -68,3 +68,28 @@ class ResumableDataLoader(DataLoader[Any]):
         combined = getattr(self.trainer.fit_loop, "_combined_loader", None) if self.trainer is not None else None
         if combined is not None and self.trainer is not None and len(combined.flattened) == 1:
             combined.limits = [_parse_num_batches(RunningStage.TRAINING, len(self), self.trainer.limit_train_batches)]
+
+
+def restart_after_epoch_end(trainer: pl.Trainer) -> None:
+    """Turns a restart from a checkpoint saved at an epoch's last batch into a clean start of the next epoch.
+
+    Lightning restores such a checkpoint as "mid-epoch", moves on to the next epoch, rebuilds the training
+    loader for it, and only then notices that the saved epoch was complete, by comparing the restored batch
+    count with the length of the *new* loader (``_TrainingEpochLoop.reset``). That assumes every epoch has the
+    same length. Pruned epochs do not: when the next epoch is longer, Lightning would continue it at the saved
+    batch count, skipping its first batches. Call this from ``on_train_start`` (after the loops are restored,
+    before the epoch loop resets) to apply the same resets Lightning applies when the lengths happen to match.
+    """
+    epoch_loop = trainer.fit_loop.epoch_loop
+    if not (
+        epoch_loop.restarting
+        and epoch_loop.restarted_on_train_batch_end
+        and epoch_loop.batch_progress.is_last_batch
+        and not epoch_loop._should_accumulate()
+    ):
+        return
+    epoch_loop.batch_progress.reset_on_run()
+    epoch_loop.scheduler_progress.reset_on_run()
+    epoch_loop.automatic_optimization.optim_progress.reset_on_run()
+    epoch_loop.val_loop.batch_progress.total.reset()
+    epoch_loop.reset_restart_stage()

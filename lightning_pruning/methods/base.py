@@ -28,7 +28,7 @@ from torch import Tensor
 
 from lightning_pruning.data.datamodule import PruningDataModule, find_subset_provider
 from lightning_pruning.data.labels import contiguous_labels
-from lightning_pruning.data.loader_state import trained_batches
+from lightning_pruning.data.loader_state import restart_after_epoch_end, trained_batches
 from lightning_pruning.data.sampler import SubsetSampler
 from lightning_pruning.loss import PER_SAMPLE_LOSS_KEY
 from lightning_pruning.selection import ClassLayout, make_generator
@@ -404,6 +404,10 @@ class PruningCallback(Callback):
         selection = self.select(epoch, make_generator(self._resolved_seed, epoch, DECISION_STREAM))
         self._check_selection(selection)
         return selection
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Pruned epochs differ in length, which Lightning's restart at an epoch's last batch does not expect.
+        restart_after_epoch_end(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start_epoch(trainer, pl_module)

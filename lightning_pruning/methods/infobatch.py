@@ -69,6 +69,10 @@ def infobatch_select(
         return InfoBatchDecision(torch.arange(num_samples), torch.ones(num_samples), float("nan"), 0)
     # float32 cascade summation is accurate to ~1e-7 relative and 10x faster than a float64 pass.
     threshold = float(scores.sum()) / num_scored
+    # The rounded mean can land above every score (three equal losses: sum/3 rounds up by an ulp), which would
+    # make every sample "below the mean". The true mean never exceeds the largest score, so clamp to it.
+    largest = scores.max() if scored is None or num_scored == num_samples else scores[scored].max()
+    threshold = min(threshold, float(largest))
     well_learned = scores < threshold
     if scored is not None and num_scored < num_samples:
         well_learned &= scored
