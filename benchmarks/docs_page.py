@@ -47,6 +47,10 @@ def _strip_generated_marker(markdown: str) -> str:
     return "\n".join(line for line in markdown.splitlines() if not line.startswith("<!-- generated"))
 
 
+class MissingSource(KeyError):
+    """A marked figure reads a result file that has not been generated yet."""
+
+
 _METRICS = (
     "test_acc|worst_class_acc|saved_fraction|speedup|speedup_vs_ideal|delta_full|delta_equal|"
     "beats_equal_budget|passes_to_99|final_lr|schedule_steps|optimizer_steps"
@@ -156,6 +160,7 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
         ``row:METRIC:DATASET:LABEL:SETTINGS``: a main summary value (as ``{{...}}`` in the reading).
         ``lr:METRIC:LABEL:SETTINGS:SCHEDULE``: a value of the LR-schedule profile's summary.
         ``lr_meta:epochs``: the LR-schedule profile's epochs.
+        ``lr_gain:LABEL:SETTINGS:SCHEDULE_A:SCHEDULE_B``: test accuracy under A minus under B, in points.
     """
     main = sources["main"]
     if kind == "saved_range":
@@ -181,16 +186,18 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
     if kind == "row":
         metric, dataset, label, wanted = args
         return format_metric(metric, _find_row(main["summary"], dataset, label, wanted))
-    if kind in ("lr", "lr_meta") and "lr" not in sources:
-        raise KeyError("the LR-schedule results are missing: run benchmarks/run.py --profile lr_schedule")
+    if kind in ("lr", "lr_meta", "lr_gain") and "lr" not in sources:
+        raise MissingSource("the LR-schedule results are missing: run benchmarks/run.py --profile lr_schedule")
     if kind == "lr_meta":
         (what,) = args
         if what != "epochs":
             raise KeyError(f"unknown lr_meta figure {what!r}")
         return ", ".join(str(e) for e in sorted({run["epochs"] for run in sources["lr"]["runs"]}))
+    if kind == "lr_gain":
+        label, wanted, better, worse = args
+        rows = [_find_row(sources["lr"]["summary"], "fashion_mnist", label, wanted, sched) for sched in (better, worse)]
+        return f"{100 * (rows[0]['test_acc'] - rows[1]['test_acc']):+.2f}"
     if kind == "lr":
-        if "lr" not in sources:
-            raise KeyError("the LR-schedule results are missing: run benchmarks/run.py --profile lr_schedule")
         metric, label, wanted, schedule = args
         return format_metric(metric, _find_row(sources["lr"]["summary"], "fashion_mnist", label, wanted, schedule))
     raise KeyError(f"unknown figure kind {kind!r}")
@@ -199,8 +206,14 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
 _MARKED = re.compile(r"(<!-- fig:([^>]*?) -->)(.*?)(<!-- /fig -->)", re.DOTALL)
 
 
-def fill_marked(text: str, sources: dict[str, dict[str, Any]]) -> str:
+def fill_marked(text: str, sources: dict[str, dict[str, Any]], *, keep_missing: bool = False) -> str:
     """Rewrites the value between every ``<!-- fig:KIND:ARGS -->`` and ``<!-- /fig -->`` of a page.
+
+    Args:
+        text: the page.
+        sources: the result files, as :func:`load_sources` reads them.
+        keep_missing: leave a marker whose result file does not exist yet as it is (instead of raising),
+            so one profile's docs can be written before another profile has run.
 
     Raises:
         KeyError: if a marker matches no result (a stale page must not pass silently).
@@ -208,7 +221,13 @@ def fill_marked(text: str, sources: dict[str, dict[str, Any]]) -> str:
 
     def replace(match: re.Match[str]) -> str:
         kind, *args = match.group(2).split(":")
-        return match.group(1) + marked_figure(kind, args, sources) + match.group(4)
+        try:
+            return match.group(1) + marked_figure(kind, args, sources) + match.group(4)
+        except MissingSource as missing:
+            if not keep_missing:
+                raise
+            print(f"kept {match.group(0)!r}: {missing}")
+            return match.group(0)
 
     return _MARKED.sub(replace, text)
 
@@ -227,7 +246,7 @@ def render_page(docs: Path = ROOT / "docs") -> str:
         reading = fill_figures(reading, sources["main"]["summary"])
     page = page.replace("{{reading}}", reading)
     if "main" in sources:
-        page = fill_marked(page, sources)
+        page = fill_marked(page, sources, keep_missing=True)
     for name, relative in PARTS.items():
         report = docs / relative
         if report.exists():
@@ -253,7 +272,7 @@ def write_all(docs: Path = ROOT / "docs") -> list[Path]:
         for name in MARKED_PAGES:
             page = docs / name
             text = page.read_text()
-            filled = fill_marked(text, sources)
+            filled = fill_marked(text, sources, keep_missing=True)
             if filled != text:
                 page.write_text(filled)
                 written.append(page)

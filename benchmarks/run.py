@@ -411,7 +411,7 @@ def estimate(profile: Profile, epoch_seconds: dict[str, float], jobs: int) -> di
 
 
 def _format_seconds(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
 
 def execute(
@@ -468,6 +468,7 @@ def execute(
         progress.set_postfix_str(f"done: {spec.dataset} {spec.backbone} {spec.label} {dict(spec.kwargs)} s{spec.seed}")
         add_partner(spec, record)
 
+    failures: list[str] = []
     if jobs == 1:
         while queue:
             spec = queue.popleft()
@@ -483,8 +484,20 @@ def execute(
                     running[pool.submit(run_in_worker, spec.run_kwargs(), threads)] = spec
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    finish(running.pop(future), future.result())
+                    spec = running.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as error:  # keep the other runs going; report every failure at the end
+                        failures.append(f"{spec.key}: {type(error).__name__}: {error}")
+                        tqdm.write(f"run failed: {failures[-1]}")
+                        continue
+                    finish(spec, result)
     progress.close()
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} run(s) failed (the others are stored; run the command again to retry them):\n"
+            + "\n".join(failures)
+        )
     return [done[key] for key in wanted if key in done]
 
 
