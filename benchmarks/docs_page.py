@@ -18,6 +18,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,6 +162,7 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
         ``row:METRIC:DATASET:LABEL:SETTINGS``: a main summary value (as ``{{...}}`` in the reading).
         ``lr:METRIC:LABEL:SETTINGS:SCHEDULE``: a value of the LR-schedule profile's summary.
         ``lr_meta:epochs``: the LR-schedule profile's epochs.
+        ``estimate:PROFILE``: the runner's runtime estimate of a profile on 2 cores (``run.py --estimate``).
         ``lr_gain:LABEL:SETTINGS:SCHEDULE_A:SCHEDULE_B``: test accuracy under A minus under B, in points.
     """
     main = sources["main"]
@@ -186,6 +189,16 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
     if kind == "row":
         metric, dataset, label, wanted = args
         return format_metric(metric, _find_row(main["summary"], dataset, label, wanted))
+    if kind == "estimate":
+        (profile,) = args
+        import run  # the benchmark runner, next to this file
+
+        numbers = run.estimate(run.make_profile(profile), run.EPOCH_SECONDS, jobs=2)
+        seconds = run.EPOCH_SECONDS
+        return (
+            f"about {numbers['wall_seconds'] / 3600:.1f} hours on 2 cores ({numbers['runs']:.0f} runs, at "
+            f"{seconds['mlp']:g} s per MLP epoch and {seconds['cnn']:g} s per CNN epoch over 60k images on one core)"
+        )
     if kind in ("lr", "lr_meta", "lr_gain") and "lr" not in sources:
         raise MissingSource("the LR-schedule results are missing: run benchmarks/run.py --profile lr_schedule")
     if kind == "lr_meta":
