@@ -1,21 +1,35 @@
-"""The benchmark: every pruning method side by side on Fashion-MNIST and Fashion-MNIST-LT.
+"""The benchmark: every pruning method side by side on Fashion-MNIST and Fashion-MNIST-LT, against
+full-data training for the same epochs AND for the same number of sample passes (equal budget).
 
-    .venv/bin/python benchmarks/run.py --profile quick   # ~3 minutes: a few methods, 2 epochs, one seed
-    .venv/bin/python benchmarks/run.py --profile full    # about an hour: every method and ratio, 2 seeds
+    .venv/bin/python benchmarks/run.py --profile quick          # < 3 minutes on 2 cores, one seed
+    .venv/bin/python benchmarks/run.py --profile full --docs docs/benchmarks
+    .venv/bin/python benchmarks/run.py --profile full --estimate   # runtime estimate, trains nothing
+    .venv/bin/python benchmarks/run.py --profile lr_schedule --docs docs/benchmarks/lr_schedule
 
-Every finished run is appended to ``<out>/runs.jsonl`` and skipped when the command runs again, so an
-interrupted benchmark resumes where it stopped. At the end the report (``results.json``,
-``results.md`` and PNG plots) is rebuilt from all stored runs; see ``benchmarks/report.py``.
+Independent runs train in parallel worker processes (``--jobs``, default: every CPU core, one torch
+thread each). Every finished run is appended to ``<out>/runs.jsonl`` and skipped when the command runs
+again, so an interrupted benchmark resumes where it stopped. For every pruned run the runner adds its
+equal-budget partner: full-data training for round(E·(1 − realised saving)) epochs with the same
+optimizer and the same LR-schedule shape over its own length; runs that coincide (same dataset,
+backbone, seed and epoch count) are trained once. At the end the report (``results.json``,
+``results.md``, PNG plots) is rebuilt from all stored runs; see ``benchmarks/report.py``.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
+import math
+import multiprocessing
+import os
 import sys
+import time
 import warnings
-from dataclasses import dataclass, field
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +40,32 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from report import build_report  # noqa: E402
 
-from lightning_pruning.experiment import run_experiment  # noqa: E402
+from lightning_pruning.experiment import run_in_worker  # noqa: E402
+
+# Training-set sizes (for cost estimates; the runs themselves read the data).
+TRAIN_SIZES = {"fashion_mnist": 60_000, "fashion_mnist_lt": 15_087}
+# Seconds per epoch over 60k images on one core, measured on the 2-core development machine
+# (`run.py --profile calibrate`); override with --mlp-epoch-seconds / --cnn-epoch-seconds.
+EPOCH_SECONDS = {"mlp": 2.0, "cnn": 14.0}
+# Per-epoch evaluation of the 10k test images, in the same unit (outside the training wall-clock).
+EVAL_SHARE = {"mlp": 0.05, "cnn": 0.12}
+# Kept fraction assumed for progress/ETA before a loss-driven method has run.
+ADAPTIVE_KEPT_GUESS = 0.65
+
+
+def canonical_full_schedule(schedule: str) -> str:
+    """The schedule a full-data run uses for ``schedule`` (both OneCycle sizings agree without pruning)."""
+    return "onecycle_sized_full" if schedule.startswith("onecycle") else schedule
+
+
+def round_half_up(value: float) -> int:
+    """Rounds .5 up (Python's ``round`` rounds half to even: 1.5 -> 2 but 2.5 -> 2)."""
+    return math.floor(value + 0.5)
+
+
+def equal_budget_epochs(epochs: int, saved_fraction: float) -> int:
+    """Epochs of full-data training with the sample passes of a pruned run: round(E·(1 − saved)), >= 1."""
+    return max(1, round_half_up(epochs * (1.0 - saved_fraction)))
 
 
 @dataclass(frozen=True)
@@ -41,13 +80,83 @@ class RunSpec:
     train_subset: int | None = None
     test_subset: int | None = None
     label: str = ""
+    backbone: str = "mlp"
+    lr_schedule: str = "cosine_epoch"
+    eval_every_epoch: bool = True
 
     @property
     def key(self) -> str:
-        """Identity of the run in the results file (what makes a stored run reusable)."""
-        return json.dumps(
-            [self.dataset, self.method, list(self.kwargs), self.seed, self.epochs, self.train_subset, self.test_subset]
+        """Identity of the run in the results file (what makes a stored run reusable). Non-default
+        backbone and schedule are appended, so keys of older stored MLP runs stay valid."""
+        parts: list[Any] = [
+            self.dataset,
+            self.method,
+            list(self.kwargs),
+            self.seed,
+            self.epochs,
+            self.train_subset,
+            self.test_subset,
+        ]
+        if self.backbone != "mlp" or self.lr_schedule != "cosine_epoch":
+            parts += [self.backbone, self.lr_schedule]
+        return json.dumps(parts)
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`lightning_pruning.experiment.run_in_worker`."""
+        return dict(
+            method=self.method,
+            method_kwargs=dict(self.kwargs),
+            dataset=self.dataset,
+            epochs=self.epochs,
+            seed=self.seed,
+            backbone=self.backbone,
+            train_subset=self.train_subset,
+            test_subset=self.test_subset,
+            eval_every_epoch=self.eval_every_epoch,
+            lr_schedule=self.lr_schedule,
         )
+
+    def expected_kept(self) -> float:
+        """Kept share of the sample passes, as far as it is known before the run."""
+        if self.method is None:
+            return 1.0
+        settings = dict(self.kwargs)
+        if self.method in ("infobatch", "repb", "seta"):
+            return ADAPTIVE_KEPT_GUESS
+        return 1.0 - float(settings.get("prune_ratio", 0.5))
+
+    def cost(self, epoch_seconds: dict[str, float] | None = None) -> float:
+        """Estimated single-core seconds of the run (training and per-epoch evaluation)."""
+        seconds = (epoch_seconds or EPOCH_SECONDS).get(self.backbone, EPOCH_SECONDS["cnn"])
+        size = self.train_subset or TRAIN_SIZES.get(self.dataset, 60_000)
+        train = self.epochs * self.expected_kept() * size / 60_000 * seconds
+        evaluate = self.epochs * EVAL_SHARE.get(self.backbone, 0.1) * seconds if self.eval_every_epoch else 0.0
+        return train + evaluate + 1.0  # + start-up
+
+    def partner(self, saved_fraction: float) -> RunSpec | None:
+        """The equal-budget full-data run of this pruned run (``None`` for a full-data run)."""
+        if self.method is None:
+            return None
+        return replace(
+            self,
+            method=None,
+            kwargs=(),
+            label="full",
+            epochs=equal_budget_epochs(self.epochs, saved_fraction),
+            lr_schedule=canonical_full_schedule(self.lr_schedule),
+        )
+
+
+@dataclass
+class Block:
+    """Methods run on some datasets with one backbone and LR schedule."""
+
+    datasets: list[str]
+    fixed_budget: dict[str, tuple[str, dict[str, Any]]]  # label -> (method name, extra kwargs); swept over ratios
+    fixed_ratios: list[float]
+    adaptive: list[tuple[str, str, dict[str, Any]]]  # (label, method, kwargs) run as given
+    backbone: str = "mlp"
+    lr_schedules: list[str] = field(default_factory=lambda: ["cosine_epoch"])
 
 
 @dataclass
@@ -56,33 +165,42 @@ class Profile:
 
     epochs: int
     seeds: list[int]
-    datasets: list[str]
-    fixed_budget: dict[str, dict[str, Any]]  # label -> (method name, extra kwargs); swept over ratios
-    fixed_ratios: list[float]
-    adaptive: list[tuple[str, str, dict[str, Any]]]  # (label, method, kwargs) run as given
+    blocks: list[Block]
     train_subset: int | None = None
     test_subset: int | None = None
-    overhead: list[str] = field(default_factory=list)
+    equal_budget: bool = True
+    eval_every_epoch: bool = True
 
     def specs(self) -> list[RunSpec]:
+        """The primary runs (equal-budget partners are derived from their results)."""
         runs: list[RunSpec] = []
-        for dataset in self.datasets:
-            for seed in self.seeds:
-                common = dict(
-                    dataset=dataset,
-                    seed=seed,
-                    epochs=self.epochs,
-                    train_subset=self.train_subset,
-                    test_subset=self.test_subset,
-                )
-                runs.append(RunSpec(method=None, kwargs=(), label="full", **common))
-                for label, (method, extra) in self.fixed_budget.items():
-                    for ratio in self.fixed_ratios:
-                        kwargs = tuple(sorted({"prune_ratio": ratio, **extra}.items()))
-                        runs.append(RunSpec(method=method, kwargs=kwargs, label=label, **common))
-                for label, method, kwargs in self.adaptive:
-                    runs.append(RunSpec(method=method, kwargs=tuple(sorted(kwargs.items())), label=label, **common))
-        return runs
+        for block in self.blocks:
+            for dataset in block.datasets:
+                for seed in self.seeds:
+                    for schedule in block.lr_schedules:
+                        common = dict(
+                            dataset=dataset,
+                            seed=seed,
+                            epochs=self.epochs,
+                            train_subset=self.train_subset,
+                            test_subset=self.test_subset,
+                            backbone=block.backbone,
+                            lr_schedule=schedule,
+                            eval_every_epoch=self.eval_every_epoch,
+                        )
+                        # A full-data run has no pruned steps: both OneCycle sizings are the same run.
+                        full_common = {**common, "lr_schedule": canonical_full_schedule(schedule)}
+                        runs.append(RunSpec(method=None, kwargs=(), label="full", **full_common))  # type: ignore[arg-type]
+                        for label, (method, extra) in block.fixed_budget.items():
+                            for ratio in block.fixed_ratios:
+                                kwargs = tuple(sorted({"prune_ratio": ratio, **extra}.items()))
+                                runs.append(RunSpec(method=method, kwargs=kwargs, label=label, **common))  # type: ignore[arg-type]
+                        for label, method, kwargs in block.adaptive:
+                            runs.append(
+                                RunSpec(method=method, kwargs=tuple(sorted(kwargs.items())), label=label, **common)  # type: ignore[arg-type]
+                            )
+        unique = {spec.key: spec for spec in runs}  # a full-data run shared by two blocks trains once
+        return list(unique.values())
 
 
 def fixed_budget_methods() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -95,75 +213,176 @@ def fixed_budget_methods() -> dict[str, tuple[str, dict[str, Any]]]:
     if "epsilon_greedy" in METHODS:
         table["ε-greedy"] = ("epsilon_greedy", {})
     if "ucb" in METHODS:
-        table["UCB"] = ("ucb", {})
+        if "bonus" in inspect.signature(METHODS["ucb"]).parameters:
+            table["UCB (count)"] = ("ucb", {"bonus": "count"})
+            table["UCB (variance)"] = ("ucb", {"bonus": "std"})
+        else:
+            table["UCB"] = ("ucb", {})
     if "rcap" in METHODS:
         table["RCAP (loss)"] = ("rcap", {"class_signal": "loss"})
         table["RCAP (subset mass)"] = ("rcap", {"class_signal": "subset_mass"})
     return table
 
 
-def adaptive_methods() -> list[tuple[str, str, dict[str, Any]]]:
-    """InfoBatch and RePB at their defaults and at settings that move their saving towards the targets."""
+def adaptive_methods(ratios: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)) -> list[tuple[str, str, dict[str, Any]]]:
+    """Loss-driven methods: InfoBatch and RePB at settings that move their saving towards ``ratios``,
+    SeTa at its defaults."""
     from lightning_pruning.methods import METHODS
 
     runs: list[tuple[str, str, dict[str, Any]]] = []
     if "infobatch" in METHODS:
-        runs += [("InfoBatch", "infobatch", {"prune_ratio": r}) for r in (0.3, 0.5, 0.7, 0.9)]
+        runs += [("InfoBatch", "infobatch", {"prune_ratio": r}) for r in ratios]
     if "repb" in METHODS:
-        runs += [("RePB", "repb", {"rho": rho}) for rho in (0.3, 0.5, 0.7, 0.9)]
+        runs += [("RePB", "repb", {"rho": rho}) for rho in ratios]
+    if "seta" in METHODS:
+        runs.append(("SeTa", "seta", {}))
     return runs
 
 
 def make_profile(name: str) -> Profile:
+    fixed = fixed_budget_methods()
     if name == "quick":
-        fixed = fixed_budget_methods()
         return Profile(
             epochs=3,
             seeds=[0],
-            datasets=["fashion_mnist"],
-            fixed_budget={
-                label: fixed[label] for label in ("Random*", "RS2", "OrderDP", "RCAP (subset mass)") if label in fixed
-            },
-            fixed_ratios=[0.5],
-            adaptive=[entry for entry in adaptive_methods() if entry[2] in ({"prune_ratio": 0.5}, {"rho": 0.5})],
+            blocks=[
+                Block(
+                    datasets=["fashion_mnist"],
+                    fixed_budget={
+                        label: fixed[label]
+                        for label in ("Random*", "RS2", "OrderDP", "RCAP (subset mass)")
+                        if label in fixed
+                    },
+                    fixed_ratios=[0.5],
+                    adaptive=[entry for entry in adaptive_methods((0.5,)) if entry[0] != "SeTa"],
+                )
+            ],
         )
-    if name == "smoke":  # the test suite's: a few hundred samples
+    if name == "smoke":  # the test suite's: a few hundred samples, both backbones
         return Profile(
             epochs=2,
             seeds=[0],
-            datasets=["fashion_mnist", "fashion_mnist_lt"],
-            fixed_budget={"Random*": ("random", {})},
-            fixed_ratios=[0.5],
-            adaptive=[],
+            blocks=[
+                Block(
+                    datasets=["fashion_mnist", "fashion_mnist_lt"],
+                    fixed_budget={"Random*": ("random", {})},
+                    fixed_ratios=[0.5],
+                    adaptive=[],
+                ),
+                Block(
+                    datasets=["fashion_mnist_lt"],
+                    fixed_budget={"Random*": ("random", {})},
+                    fixed_ratios=[0.5],
+                    adaptive=[],
+                    backbone="cnn",
+                ),
+            ],
             train_subset=300,
             test_subset=200,
+        )
+    if name == "tiny":  # every feature end to end in about a minute: equal budget, CNN, adaptive, curves
+        return Profile(
+            epochs=4,
+            seeds=[0, 1],
+            blocks=[
+                Block(
+                    datasets=["fashion_mnist", "fashion_mnist_lt"],
+                    fixed_budget={label: fixed[label] for label in ("Random*", "RCAP (subset mass)")},
+                    fixed_ratios=[0.5, 0.7],
+                    adaptive=[entry for entry in adaptive_methods((0.5,)) if entry[0] == "InfoBatch"],
+                ),
+                Block(
+                    datasets=["fashion_mnist_lt"],
+                    fixed_budget={"Random*": fixed["Random*"]},
+                    fixed_ratios=[0.5],
+                    adaptive=[],
+                    backbone="cnn",
+                ),
+            ],
+            train_subset=3000,
+            test_subset=1000,
         )
     if name == "rcap_sweep":  # RCAP's temperature and class signal at the hardest ratio
         return Profile(
             epochs=12,
             seeds=[0, 1],
-            datasets=["fashion_mnist_lt", "fashion_mnist"],
-            fixed_budget={
-                "Random*": ("random", {}),
-                **{
-                    f"RCAP ({signal}, β={beta})": ("rcap", {"class_signal": signal, "beta": beta})
-                    for signal in ("loss", "subset_mass")
-                    for beta in (0.25, 0.5, 1.0, 2.0)
-                },
-            },
-            fixed_ratios=[0.9],
-            adaptive=[],
+            blocks=[
+                Block(
+                    datasets=["fashion_mnist_lt", "fashion_mnist"],
+                    fixed_budget={
+                        "Random*": ("random", {}),
+                        **{
+                            f"RCAP ({signal}, β={beta})": ("rcap", {"class_signal": signal, "beta": beta})
+                            for signal in ("loss", "subset_mass")
+                            for beta in (0.25, 0.5, 1.0, 2.0)
+                        },
+                    },
+                    fixed_ratios=[0.9],
+                    adaptive=[],
+                )
+            ],
+            equal_budget=False,
+            eval_every_epoch=False,
         )
-    if name == "full":
+    if name == "lr_schedule":  # sizing a per-step schedule for pruned runs: full-data length vs real steps
+        return Profile(
+            epochs=8,
+            seeds=[0, 1],
+            blocks=[
+                Block(
+                    datasets=["fashion_mnist"],
+                    fixed_budget={label: fixed[label] for label in ("Random*", "RCAP (subset mass)")},
+                    fixed_ratios=[0.5, 0.7],
+                    adaptive=[],
+                    lr_schedules=[
+                        "cosine_epoch",
+                        "onecycle_sized_full",
+                        "onecycle_sized_trainer",
+                        "onecycle_sized_pruned",
+                    ],
+                )
+            ],
+            equal_budget=False,
+        )
+    if name == "full12":  # the 12-epoch, 2-seed MLP benchmark of the first docs, with equal-budget runs
         return Profile(
             epochs=12,
             seeds=[0, 1],
-            datasets=["fashion_mnist", "fashion_mnist_lt"],
-            fixed_budget=fixed_budget_methods(),
-            fixed_ratios=[0.3, 0.5, 0.7, 0.9],
-            adaptive=adaptive_methods(),
+            blocks=[
+                Block(
+                    datasets=["fashion_mnist", "fashion_mnist_lt"],
+                    fixed_budget=fixed,
+                    fixed_ratios=[0.3, 0.5, 0.7, 0.9],
+                    adaptive=adaptive_methods(),
+                )
+            ],
         )
-    raise ValueError(f"unknown profile {name!r}")
+    if name == "full":
+        # MLP on both datasets at every ratio; the 2-conv CNN on Fashion-MNIST-LT (a quarter of the
+        # images, and where the methods differ most) at 0.5 and 0.7.
+        return Profile(
+            epochs=30,
+            seeds=[0, 1, 2],
+            blocks=[
+                Block(
+                    datasets=["fashion_mnist", "fashion_mnist_lt"],
+                    fixed_budget=fixed,
+                    fixed_ratios=[0.3, 0.5, 0.7, 0.9],
+                    adaptive=adaptive_methods(),
+                ),
+                Block(
+                    datasets=["fashion_mnist_lt"],
+                    fixed_budget=fixed,
+                    fixed_ratios=[0.5, 0.7],
+                    adaptive=adaptive_methods((0.5, 0.7)),
+                    backbone="cnn",
+                ),
+            ],
+        )
+    raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILES)}")
+
+
+PROFILES = ("quick", "smoke", "tiny", "rcap_sweep", "lr_schedule", "full12", "full")
 
 
 def load_runs(path: Path) -> dict[str, dict[str, Any]]:
@@ -176,57 +395,181 @@ def load_runs(path: Path) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def estimate(profile: Profile, epoch_seconds: dict[str, float], jobs: int) -> dict[str, float]:
+    """Single-core seconds and wall-clock on ``jobs`` cores of a whole profile, partners included
+    (loss-driven methods' savings guessed)."""
+    primary = profile.specs()
+    partners: dict[str, RunSpec] = {}
+    if profile.equal_budget:
+        for spec in primary:
+            partner = spec.partner(1.0 - spec.expected_kept())
+            if partner is not None:
+                partners.setdefault(partner.key, partner)
+    every = {spec.key: spec for spec in primary} | partners
+    core = sum(spec.cost(epoch_seconds) for spec in every.values())
+    return {"runs": float(len(every)), "core_seconds": core, "wall_seconds": core / max(1, jobs)}
+
+
+def _format_seconds(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
+
+
+def execute(
+    specs: list[RunSpec],
+    store: Path,
+    done: dict[str, dict[str, Any]],
+    *,
+    profile_name: str,
+    jobs: int,
+    equal_budget: bool,
+) -> list[dict[str, Any]]:
+    """Trains every spec not in ``done`` (and each pruned run's equal-budget partner), ``jobs`` at a
+    time, appending each result to ``store`` as it finishes. Returns the records of the specs and
+    partners, in spec order."""
+    wanted: dict[str, RunSpec] = {spec.key: spec for spec in specs}
+    queue: deque[RunSpec] = deque()
+
+    def add_partner(spec: RunSpec, record: dict[str, Any]) -> None:
+        partner = spec.partner(float(record["saved_fraction"])) if equal_budget else None
+        if partner is None or partner.key in wanted:
+            return
+        wanted[partner.key] = partner
+        if partner.key not in done:
+            queue.append(partner)
+            progress.total += partner.cost()
+            progress.refresh()
+
+    todo = sorted((s for s in specs if s.key not in done), key=lambda s: -s.cost())  # long runs first
+    total = sum(s.cost() for s in todo)
+    print(
+        f"{len(specs)} runs in the '{profile_name}' profile, {len(specs) - len(todo)} already stored in {store}; "
+        f"{jobs} parallel job(s)"
+        + (", plus an equal-budget full-data run per distinct pruned saving" if equal_budget else ""),
+        flush=True,
+    )
+    progress = tqdm(
+        total=total,
+        unit="s",
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| est. {n:.0f}/{total:.0f} core-s [{elapsed}<{remaining}] {postfix}",
+    )
+    queue.extend(todo)
+    for spec in specs:
+        if spec.key in done:
+            add_partner(spec, done[spec.key])
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def finish(spec: RunSpec, result: dict[str, Any]) -> None:
+        record = {"key": spec.key, "label": spec.label, "profile": profile_name, **result}
+        with store.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        done[spec.key] = record
+        progress.update(spec.cost())
+        progress.set_postfix_str(f"done: {spec.dataset} {spec.backbone} {spec.label} {dict(spec.kwargs)} s{spec.seed}")
+        add_partner(spec, record)
+
+    failures: list[str] = []
+    if jobs == 1:
+        while queue:
+            spec = queue.popleft()
+            finish(spec, run_in_worker(spec.run_kwargs(), threads))
+    else:
+        # spawn: a fresh interpreter per worker, no forked torch thread pools.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            running: dict[Future[dict[str, Any]], RunSpec] = {}
+            while queue or running:
+                while queue and len(running) < jobs:
+                    spec = queue.popleft()
+                    running[pool.submit(run_in_worker, spec.run_kwargs(), threads)] = spec
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    spec = running.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as error:  # keep the other runs going; report every failure at the end
+                        failures.append(f"{spec.key}: {type(error).__name__}: {error}")
+                        tqdm.write(f"run failed: {failures[-1]}")
+                        continue
+                    finish(spec, result)
+    progress.close()
+    if failures:
+        raise RuntimeError(
+            f"{len(failures)} run(s) failed (the others are stored; run the command again to retry them):\n"
+            + "\n".join(failures)
+        )
+    return [done[key] for key in wanted if key in done]
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", default="quick", choices=["quick", "full", "smoke", "rcap_sweep"])
+    parser.add_argument("--profile", default="quick", choices=PROFILES)
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmark_results/<profile>)")
     parser.add_argument("--docs", type=Path, default=None, help="also write the report into this folder")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel runs (default: CPU cores)")
+    parser.add_argument(
+        "--import-runs",
+        type=Path,
+        default=None,
+        help="a results.json whose runs are added to the store first (reuses published runs)",
+    )
+    parser.add_argument("--estimate", action="store_true", help="print the profile's estimated runtime and exit")
+    parser.add_argument("--mlp-epoch-seconds", type=float, default=EPOCH_SECONDS["mlp"])
+    parser.add_argument("--cnn-epoch-seconds", type=float, default=EPOCH_SECONDS["cnn"])
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
+    profile = make_profile(args.profile)
+    if args.estimate:
+        seconds = {"mlp": args.mlp_epoch_seconds, "cnn": args.cnn_epoch_seconds}
+        numbers = estimate(profile, seconds, args.jobs)
+        print(
+            f"profile '{args.profile}': about {numbers['runs']:.0f} runs, {numbers['core_seconds'] / 3600:.1f} "
+            f"core-hours, about {_format_seconds(numbers['wall_seconds'])} on {args.jobs} core(s) "
+            f"(MLP epoch {seconds['mlp']} s, CNN epoch {seconds['cnn']} s per 60k images on one core)"
+        )
+        return Path()
 
     out = args.out or ROOT / "benchmark_results" / args.profile
     out.mkdir(parents=True, exist_ok=True)
     store = out / "runs.jsonl"
     done = load_runs(store)
-    specs = make_profile(args.profile).specs()
-    todo = [spec for spec in specs if spec.key not in done]
-    print(f"{len(specs)} runs in the '{args.profile}' profile, {len(specs) - len(todo)} already stored in {store}")
-    with tqdm(total=len(specs), initial=len(specs) - len(todo), unit="run", dynamic_ncols=True) as progress:
-        for spec in todo:
-            progress.set_description(f"{spec.dataset} {spec.label} {dict(spec.kwargs)} seed {spec.seed}")
-            result = run_experiment(
-                spec.method,
-                dict(spec.kwargs),
-                dataset=spec.dataset,
-                epochs=spec.epochs,
-                seed=spec.seed,
-                train_subset=spec.train_subset,
-                test_subset=spec.test_subset,
-            )
-            record = {"key": spec.key, "label": spec.label, "profile": args.profile, **result.as_dict()}
-            with store.open("a") as handle:
+    if args.import_runs is not None:
+        imported = [r for r in json.loads(args.import_runs.read_text())["runs"] if r["key"] not in done]
+        with store.open("a") as handle:
+            for record in imported:
                 handle.write(json.dumps(record) + "\n")
-            done[spec.key] = record
-            progress.update(1)
-    if args.profile == "full" and not (out / "overhead.json").exists():
+                done[record["key"]] = record
+        print(f"imported {len(imported)} runs from {args.import_runs}")
+    started = time.perf_counter()
+    records = execute(
+        profile.specs(),
+        store,
+        done,
+        profile_name=args.profile,
+        jobs=args.jobs,
+        equal_budget=profile.equal_budget,
+    )
+    print(f"training took {time.perf_counter() - started:.0f} s")
+    if args.profile in ("full", "full12") and not (out / "overhead.json").exists():
         print("overhead micro-benchmark (selection time against N, harvesting overhead) ...", flush=True)
         import overhead
 
         overhead.main(["--out", str(out)])
-    records = [done[spec.key] for spec in specs]
-    report = build_report(records, out, command=f"python benchmarks/run.py --profile {args.profile}")
+    command = f"python benchmarks/run.py --profile {args.profile}"
+    report = build_report(records, out, command=command)
     if args.docs is not None:
         args.docs.mkdir(parents=True, exist_ok=True)
         for name in ("overhead.json", "overhead.md"):
             if (out / name).exists():
                 (args.docs / name).write_text((out / name).read_text())
-        build_report(
-            records, args.docs, command=f"python benchmarks/run.py --profile {args.profile} --docs {args.docs}"
-        )
-        from docs_page import write_page
+        build_report(records, args.docs, command=f"{command} --docs {args.docs}")
+        from docs_page import write_all
 
-        print(f"wrote {write_page()}")
+        for path in write_all():
+            print(f"wrote {path}")
     print(report.read_text())
     return report
 

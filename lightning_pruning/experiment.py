@@ -2,15 +2,19 @@
 
 ``run_experiment`` trains the :class:`~lightning_pruning.models.ImageClassifier` on Fashion-MNIST (or
 its long-tailed variant) with one pruning method, or on the full data, and returns test mean and
-worst-class accuracy, saved fraction and training wall-clock (validation excluded).
+worst-class accuracy, saved fraction and training wall-clock (validation excluded). With
+``eval_every_epoch`` it also records the test accuracy after every epoch (time-to-accuracy curves);
+``lr_schedule`` swaps the per-epoch cosine for a per-step OneCycle schedule sized by the full-data
+step count or by the pruned run's real one.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -45,6 +49,74 @@ class TrainingTimer(Callback):
         return float(sum(self.epoch_seconds))
 
 
+class EpochRecorder(Callback):
+    """Per epoch: samples trained, validation accuracy (when a validation set is attached) and the
+    learning rate at the epoch's end. Reads only host values Lightning already synchronised."""
+
+    def __init__(self) -> None:
+        self.samples: list[int] = []
+        self.acc: list[float] = []
+        self.worst_class_acc: list[float] = []
+        self.lr: list[float] = []
+        self._count = 0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._count = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        batch = args[1]
+        self._count += int(batch[1].shape[0])  # a shape, not a tensor value: no device sync
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning validates before on_train_epoch_end, so val/* hold this epoch's evaluation.
+        self.samples.append(self._count)
+        metrics = trainer.callback_metrics
+        if "val/acc" in metrics:
+            self.acc.append(float(metrics["val/acc"]))
+            self.worst_class_acc.append(float(metrics["val/worst_class_acc"]))
+        self.lr.append(float(trainer.optimizers[0].param_groups[0]["lr"]))
+
+
+LRSchedule = Literal["cosine_epoch", "onecycle_sized_full", "onecycle_sized_trainer", "onecycle_sized_pruned"]
+LR_SCHEDULES: tuple[str, ...] = (
+    "cosine_epoch",
+    "onecycle_sized_full",
+    "onecycle_sized_trainer",
+    "onecycle_sized_pruned",
+)
+
+
+class _StepScheduleClassifier(ImageClassifier):
+    """The classifier with a OneCycle LR schedule stepped per optimizer step, sized by ``sizing``:
+    ``"full"`` = max_epochs full-data epochs (what ``len(dataset)`` arithmetic gives), ``"trainer"`` =
+    ``trainer.estimated_stepping_batches`` (max_epochs times the first epoch's loader length), or
+    ``"pruned"`` = the pruning callback's ``estimated_stepping_batches(trainer)`` (the real steps)."""
+
+    def __init__(
+        self, sizing: Literal["full", "trainer", "pruned"], pruner: PruningCallback | None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._sizing = sizing
+        self._pruner = pruner
+        self.schedule_steps = 0
+
+    def configure_optimizers(self) -> Any:
+        optimizer = super().configure_optimizers()["optimizer"]
+        trainer = self.trainer
+        if self._sizing == "pruned" and self._pruner is not None:
+            self.schedule_steps = self._pruner.estimated_stepping_batches(trainer)
+        elif self._sizing == "full":
+            datamodule = trainer.datamodule
+            batches = -(-datamodule.num_train_samples // datamodule.batch_size)
+            self.schedule_steps = int(trainer.max_epochs or 1) * batches
+        else:
+            self.schedule_steps = int(trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams["lr"], total_steps=self.schedule_steps
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 @dataclass
 class ExperimentResult:
     """What one run measured."""
@@ -62,6 +134,15 @@ class ExperimentResult:
     epoch_seconds: list[float]
     pruning_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    backbone: str = "mlp"
+    num_train: int = 0
+    epoch_samples: list[int] = field(default_factory=list)
+    epoch_acc: list[float] = field(default_factory=list)
+    epoch_worst_class_acc: list[float] = field(default_factory=list)
+    epoch_lr: list[float] = field(default_factory=list)
+    lr_schedule: str = "cosine_epoch"
+    schedule_steps: int = 0
+    optimizer_steps: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, ready for JSON."""
@@ -100,6 +181,8 @@ def run_experiment(
     test_subset: int | None = None,
     data_root: str | None = None,
     num_workers: int = 0,
+    eval_every_epoch: bool = False,
+    lr_schedule: LRSchedule = "cosine_epoch",
 ) -> ExperimentResult:
     """Trains once and measures.
 
@@ -116,7 +199,15 @@ def run_experiment(
         test_subset: likewise for the test set.
         data_root: folder with the IDX files (default: Debian's package location).
         num_workers: DataLoader workers.
+        eval_every_epoch: evaluate on the test set after every epoch (outside the training wall-clock)
+            and record the accuracies in ``epoch_acc`` / ``epoch_worst_class_acc``.
+        lr_schedule: ``"cosine_epoch"`` (the model's cosine over epochs), or OneCycle per step sized by
+            the full-data step count (``"onecycle_sized_full"``), by ``trainer.estimated_stepping_batches``
+            (``"onecycle_sized_trainer"``) or by the pruning callback's ``estimated_stepping_batches``
+            (``"onecycle_sized_pruned"``).
     """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}.")
     train, test = load_dataset(dataset, data_root)
     if train_subset is not None:
         train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:train_subset])
@@ -133,11 +224,23 @@ def run_experiment(
         pruner = METHODS[method](**kwargs)
         callbacks.append(pruner)
     timer = TrainingTimer()
-    callbacks.append(timer)
+    recorder = EpochRecorder()
+    callbacks += [timer, recorder]
     datamodule = PruningDataModule(
-        train, test_dataset=test, batch_size=batch_size, eval_batch_size=1024, seed=seed, num_workers=num_workers
+        train,
+        val_dataset=test if eval_every_epoch else None,
+        test_dataset=test,
+        batch_size=batch_size,
+        eval_batch_size=1024,
+        seed=seed,
+        num_workers=num_workers,
     )
-    model = ImageClassifier(backbone=backbone, num_classes=len(train.classes), lr=lr)  # type: ignore[arg-type]
+    model_kwargs: dict[str, Any] = dict(backbone=backbone, num_classes=len(train.classes), lr=lr)
+    if lr_schedule == "cosine_epoch":
+        model = ImageClassifier(**model_kwargs)
+    else:
+        sizing = lr_schedule.removeprefix("onecycle_sized_")
+        model = _StepScheduleClassifier(sizing, pruner, **model_kwargs)  # type: ignore[arg-type]
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
@@ -147,6 +250,7 @@ def run_experiment(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(num_workers|LeafSpec|log_every_n_steps).*")
@@ -166,4 +270,32 @@ def run_experiment(
         epoch_seconds=timer.epoch_seconds,
         pruning_seconds=pruner.overhead_seconds if pruner is not None else 0.0,
         history=list(pruner.history) if pruner is not None else [],
+        backbone=backbone,
+        num_train=len(train),
+        epoch_samples=recorder.samples,
+        epoch_acc=recorder.acc,
+        epoch_worst_class_acc=recorder.worst_class_acc,
+        epoch_lr=recorder.lr,
+        lr_schedule=lr_schedule,
+        schedule_steps=model.schedule_steps if isinstance(model, _StepScheduleClassifier) else 0,
+        optimizer_steps=int(trainer.global_step),
     )
+
+
+def run_in_worker(kwargs: dict[str, Any], threads: int = 1) -> dict[str, Any]:
+    """:func:`run_experiment` for a worker process of the parallel benchmark: pins torch to ``threads``
+    intra-op threads (independent runs share the cores instead of oversubscribing them), silences
+    Lightning's per-run chatter and returns the result as plain values.
+
+    Args:
+        kwargs: keyword arguments of :func:`run_experiment` (``method`` included).
+        threads: torch threads of this process.
+    """
+    torch.set_num_threads(threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kwargs = dict(kwargs)
+        method = kwargs.pop("method")
+        method_kwargs = kwargs.pop("method_kwargs", None)
+        return run_experiment(method, method_kwargs, **kwargs).as_dict()
