@@ -14,6 +14,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 
 from lightning_pruning.data.labels import contiguous_labels, resolve_labels
 from lightning_pruning.data.sampler import SubsetSampler
+from lightning_pruning.data.streaming import adopt_streaming
 from lightning_pruning.selection import derive_seed
 
 # Stream id of the DataLoader's worker base seed (see `SubsetSampler` for the shuffle stream).
@@ -91,6 +92,10 @@ class PruningDataModule(pl.LightningDataModule):
             dataset has no ``targets``/``labels`` attribute.
         seed: seed of the per-epoch shuffle. ``None`` takes ``torch.initial_seed()`` of rank 0 at setup
             (so ``seed_everything`` controls it) and stores it in checkpoints.
+        orderer: the epoch order ``orderer(subset, generator)`` instead of a uniform shuffle (see
+            :class:`SubsetSampler`). A LitData ``StreamingDataset`` training set is wrapped in a
+            :class:`~lightning_pruning.data.streaming.StreamingMapDataset` and gets a chunk-aware order
+            by default.
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class PruningDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         train_labels: Tensor | Sequence[int] | None = None,
         seed: int | None = None,
+        orderer: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
         super().__init__()
         if datamodule is None and train_dataset is None:
@@ -119,6 +125,7 @@ class PruningDataModule(pl.LightningDataModule):
         if datamodule is not None and not isinstance(datamodule, pl.LightningDataModule):
             raise TypeError(f"`datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
         if train_dataset is not None:
+            train_dataset, orderer = adopt_streaming(train_dataset, orderer)
             check_map_style(train_dataset, "train_dataset")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
@@ -136,6 +143,7 @@ class PruningDataModule(pl.LightningDataModule):
         self.drop_last = drop_last
         self.explicit_labels = train_labels
         self.seed = seed
+        self.orderer = orderer
         self.train_sampler: SubsetSampler | None = None
         self._loader_options: dict[str, Any] = {}
         self._train_loader: DataLoader[Any] | None = None
@@ -200,20 +208,23 @@ class PruningDataModule(pl.LightningDataModule):
                 f"the wrapped {type(self.inner).__name__}.train_dataloader() returned {type(loader).__name__}; "
                 "PruningDataModule can wrap a single torch DataLoader only."
             )
-        check_map_style(loader.dataset, f"{type(self.inner).__name__}.train_dataloader().dataset")
+        argument = f"{type(self.inner).__name__}.train_dataloader().dataset"
+        dataset, self.orderer = adopt_streaming(loader.dataset, self.orderer, argument)
+        check_map_style(dataset, argument)
         batch_sampler = loader.batch_sampler
         if loader.batch_size is None or type(batch_sampler) is not BatchSampler:
             raise TypeError(
                 f"the wrapped {type(self.inner).__name__}.train_dataloader() uses a custom batch sampler. Data "
                 "pruning replaces the sampler with its own; build that loader with `batch_size=` instead."
             )
-        if type(loader.sampler) not in (RandomSampler, SequentialSampler):
+        # A loader over an iterable (streamed) dataset carries a placeholder sampler, which is replaced too.
+        if dataset is loader.dataset and type(loader.sampler) not in (RandomSampler, SequentialSampler):
             raise TypeError(
                 f"the wrapped {type(self.inner).__name__}.train_dataloader() uses a custom sampler "
                 f"({type(loader.sampler).__name__}). Data pruning decides which samples each epoch sees and "
                 "replaces the sampler; remove it (shuffle=True is fine)."
             )
-        self.train_dataset = loader.dataset
+        self.train_dataset = dataset
         self.batch_size = loader.batch_size
         self.drop_last = batch_sampler.drop_last
         self.num_workers = loader.num_workers
@@ -265,7 +276,9 @@ class PruningDataModule(pl.LightningDataModule):
         rank = trainer.global_rank if trainer is not None else 0
         sampler = self.train_sampler
         if sampler is None or sampler.num_replicas != num_replicas or sampler.rank != rank:
-            sampler = SubsetSampler(subset, epoch=epoch, seed=seed, num_replicas=num_replicas, rank=rank)
+            sampler = SubsetSampler(
+                subset, epoch=epoch, seed=seed, num_replicas=num_replicas, rank=rank, orderer=self.orderer
+            )
             self.train_sampler = sampler
             self._train_loader = None
         else:

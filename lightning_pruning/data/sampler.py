@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -33,6 +33,9 @@ class SubsetSampler(DistributedSampler):
         num_replicas: number of processes (the DDP world size).
         rank: this process's rank.
         shuffle: whether to shuffle the subset; ``False`` keeps the given order.
+        orderer: with ``shuffle``, the epoch order is ``orderer(subset, generator)`` instead of
+            ``subset[randperm]`` (e.g. a chunk-aware order for streamed data); it must return a
+            permutation of ``subset``.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class SubsetSampler(DistributedSampler):
         num_replicas: int = 1,
         rank: int = 0,
         shuffle: bool = True,
+        orderer: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
@@ -52,6 +56,7 @@ class SubsetSampler(DistributedSampler):
         self.num_replicas = num_replicas
         self.rank = rank
         self.shuffle = shuffle
+        self.orderer = orderer
         self.drop_last = False
         self.set_subset(subset, epoch=epoch, seed=seed)
 
@@ -72,7 +77,10 @@ class SubsetSampler(DistributedSampler):
             order = self.subset
             if self.shuffle and order.numel() > 1:
                 generator = make_generator(self.seed, self.epoch, SHUFFLE_STREAM)
-                order = order[torch.randperm(order.numel(), generator=generator)]
+                if self.orderer is not None:
+                    order = self.orderer(order, generator)
+                else:
+                    order = order[torch.randperm(order.numel(), generator=generator)]
             padding = self.total_size - order.numel()
             if padding > 0:
                 repeats = -(-padding // max(order.numel(), 1))
