@@ -241,7 +241,7 @@ def test_pruned_fit_on_a_streaming_dataset(optimized: Path, num_workers: int) ->
         assert subset.numel() == NUM_SAMPLES // 2
         assert trained == order.tolist()  # the samples read are the sampler's, in its order
         assert sorted(trained) == sorted(subset.tolist())
-        assert windows_are_contiguous(order, chunk_of, 4)  # the default orderer is chunk-aware
+        assert windows_are_contiguous(order, chunk_of, 1)  # the default orderer: chunk by chunk
     assert not all(torch.equal(log.subsets[0], other) for other in log.subsets[1:])
 
 
@@ -258,7 +258,7 @@ def test_ddp_ranks_cover_the_subset_in_chunk_blocks(optimized: Path, tmp_path: P
             assert torch.equal(trained[rank], ranks[rank]["orders"][epoch])
         assert sorted(torch.cat(trained).tolist()) == sorted(subset.tolist())  # 120 samples: no padding
         # Rank blocks: rank 0's then rank 1's samples form one chunk-aware order.
-        assert windows_are_contiguous(torch.cat(trained), chunk_of, 4)
+        assert windows_are_contiguous(torch.cat(trained), chunk_of, 1)
 
 
 def test_resume_at_an_epoch_boundary_repeats_subsets_and_orders(optimized: Path, tmp_path: Path) -> None:

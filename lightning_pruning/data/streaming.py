@@ -3,9 +3,13 @@
 A streamed dataset lives in chunk files of many samples each. Reading a sample means fetching (or
 decompressing) its chunk, and a small cache evicts chunks again. A pruned subset served in plain
 random order jumps between chunks at nearly every sample, so every chunk is fetched many times per
-epoch. The chunk-aware order shuffles the chunks, then shuffles the samples within windows of a few
-consecutive chunks: each chunk is then fetched about once per epoch while batches still mix
-``window`` chunks.
+epoch. The chunk-aware order shuffles the chunks, then shuffles the samples within windows of
+consecutive chunks, so each chunk is fetched about once per epoch.
+
+The default window is one chunk: LitData's reader releases a chunk for eviction as soon as reading
+moves on to another chunk, so when the cache is smaller than the dataset, coming back to a chunk
+(which a window of several chunks does within every batch) fetches it again, and can race with its
+deletion. Wider windows mix more chunks per batch and suit local or byte-range reads.
 
 The math is in small pure functions on tensors (:func:`chunk_aware_order`, :func:`rank_blocks`);
 :class:`ChunkAwareOrder` is the ``orderer`` that :class:`~lightning_pruning.data.SubsetSampler`
@@ -117,8 +121,9 @@ class ChunkAwareOrder:
 
     Args:
         chunk_of: int64 chunk id of every dataset index.
-        window: chunks mixed together (see :func:`chunk_aware_order`). The reader's cache must hold about
-            ``window`` chunks per rank and worker sharing it, or chunks are evicted before they are used up.
+        window: chunks mixed together (see :func:`chunk_aware_order`). 1 (the default) reads every chunk in one
+            run, which LitData's reader needs to fetch it once when whole chunks are fetched into a cache smaller
+            than the dataset; a wider window mixes more chunks per batch (for local data or byte-range reads).
         rank_layout: ``"blocks"`` gives every DDP rank a contiguous block of the order (each chunk is read by
             about one rank); ``"strided"`` hands the order round-robin to the ranks (every rank reads every
             chunk of every window).
@@ -129,7 +134,7 @@ class ChunkAwareOrder:
     def __init__(
         self,
         chunk_of: Tensor,
-        window: int = 4,
+        window: int = 1,
         *,
         rank_layout: RankLayout = "blocks",
         num_replicas: int | None = None,
