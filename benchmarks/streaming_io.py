@@ -6,20 +6,22 @@
 A dataset of samples of 1-4 KB is written with ``litdata.optimize`` into a temporary folder and read
 back as if it were remote (``local:`` URL): LitData then fetches what it reads into a cache folder
 capped by ``max_cache_size`` (a few chunks), evicting chunks like an out-of-memory run. One pruned
-epoch (``RandomPruning``) is trained through ``PruningDataModule`` for every keep ratio, order and
-fetch mode, each run with an empty cache. The bytes LitData's downloader fetched are counted by
+epoch (``RandomPruning``) is trained through ``PruningDataModule`` for every keep ratio and order,
+each with an empty cache. The bytes LitData's downloader fetched are counted by
 wrapping it; *amplification* is fetched bytes / payload bytes of the samples trained.
 
-Fetch modes: ``whole chunks`` is what ``StreamingMapDataset`` asks for by default (and what LitData
-does for compressed or encrypted data); ``byte ranges`` is LitData's default for reads by index of
-uncompressed remote data (one request per sample). The per-rank table is computed from the orders
-alone (no IO): chunks each rank touches in an epoch, summed over ranks, relative to one process.
+Chunks are fetched whole, as ``StreamingMapDataset`` asks by default (and as LitData does for
+compressed or encrypted data). LitData's other mode for reads by index, one byte-range request per
+sample, is not measured: its ``local:`` downloader serves a byte range by copying the whole file, so
+only real object storage would show it. The per-rank table is computed from the orders alone (no
+IO): chunks each rank touches in an epoch, summed over ranks, relative to one process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import sys
@@ -46,6 +48,7 @@ from lightning_pruning.data.streaming import ChunkAwareOrder, StreamingMapDatase
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_ATTEMPTS = 5
+EPOCH_TIMEOUT_S = 180
 MARKER_BEGIN = "<!-- streaming_io:begin -->"
 MARKER_END = "<!-- streaming_io:end -->"
 
@@ -170,8 +173,33 @@ def one_epoch(
         "fetches": counter.fetches,
         "amplification": counter.bytes / sample_bytes,
         "seconds": seconds,
-        "trained": trained,
+        "trained": model.trained,  # a list: it crosses a process boundary
     }
+
+
+def isolated(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | str:
+    """Runs one epoch in a forked process: a stalled LitData reader is stopped after ``EPOCH_TIMEOUT_S``.
+
+    Returns:
+        The epoch's measurements, or why it failed.
+    """
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+
+    def target() -> None:
+        try:
+            sender.send(function(*args))
+        except Exception as error:  # reported to the parent, which retries
+            sender.send(f"{type(error).__name__}: {error}")
+
+    process = context.Process(target=target)
+    process.start()
+    outcome: dict[str, Any] | str = f"stalled for {EPOCH_TIMEOUT_S} s"
+    if receiver.poll(EPOCH_TIMEOUT_S):
+        outcome = receiver.recv()
+    process.kill()
+    process.join()
+    return outcome
 
 
 def rank_table(chunk_of: torch.Tensor, keeps: list[float], window: int, replicas: list[int]) -> list[dict[str, Any]]:
@@ -210,15 +238,15 @@ def write_markdown(result: dict[str, Any], path: Path) -> str:
         "an empty cache per row. *Amplification* = bytes LitData fetched / payload bytes of the samples trained; "
         "*ideal* = bytes of the chunks holding a trained sample / the same payload (each such chunk fetched once). "
         "*Failed attempts*: epochs that stopped with `FileNotFoundError` (LitData's reader deleted a chunk it was "
-        "re-reading) and were rerun with an empty cache before the measured one.",
+        f"re-reading) or stalled for {EPOCH_TIMEOUT_S} s, and were rerun with an empty cache before the measured one.",
         "",
-        "| fetch mode | keep | order | samples | fetches | fetched MB | amplification | ideal "
+        "| keep | order | samples | chunk fetches | fetched MB | amplification | ideal "
         "| epoch time vs chunk-aware | failed attempts |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['mode']} | {row['keep']} | {row['order']} | {row['samples']} | {row['fetches']} | "
+            f"| {row['keep']} | {row['order']} | {row['samples']} | {row['fetches']} | "
             f"{row['fetched_bytes'] / 1e6:.2f} | {row['amplification']:.2f}x | {row['ideal']:.2f}x | "
             f"{row['time_ratio']:.1f}x | {row['failed_attempts']} |"
         )
@@ -270,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         __import__("logging").getLogger(name).setLevel("ERROR")
     torch.set_num_threads(1)
 
-    num_samples, chunk_bytes, max_cache, keeps = 2400, "150KB", "800KB", [0.3, 0.5, 0.7]
+    num_samples, chunk_bytes, max_cache, keeps = 1200, "100KB", "500KB", [0.3, 0.5, 0.7]
     if args.quick:
         num_samples, chunk_bytes, max_cache, keeps = 400, "100KB", "500KB", [0.5]
     rows: list[dict[str, Any]] = []
@@ -285,42 +313,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "chunk-aware": ChunkAwareOrder(chunk_of, args.window),
         }
         run = 0
-        for mode, whole_chunks in (("whole chunks", True), ("byte ranges", False)):
-            for keep in keeps:
-                measured = {}
-                failures: dict[str, int] = {}
-                for order_name, orderer in orders.items():
-                    failures[order_name] = 0
-                    while order_name not in measured:
-                        run += 1
-                        try:
-                            cache = Path(tmp) / f"cache{run}"
-                            measured[order_name] = one_epoch(data, cache, keep, orderer, whole_chunks, max_cache)
-                        except FileNotFoundError:
-                            # LitData's reader deleted a chunk it was about to re-read (see docs/streaming.md).
-                            failures[order_name] += 1
-                            if failures[order_name] == MAX_ATTEMPTS:
-                                raise
-                for order_name, m in measured.items():
-                    trained = m.pop("trained")
-                    needed = torch.unique(chunk_of[trained])
-                    ideal = float(chunk_sizes[needed].sum()) / m["sample_bytes"]
-                    if not whole_chunks:
-                        ideal = float("nan")
-                    rows.append(
-                        {
-                            "mode": mode,
-                            "keep": keep,
-                            "order": order_name,
-                            **m,
-                            "failed_attempts": failures[order_name],
-                            "ideal": ideal,
-                            "time_ratio": m["seconds"] / measured["chunk-aware"]["seconds"],
-                        }
-                    )
-                    print(
-                        f"{mode:13s} keep={keep} {order_name:11s} amplification {m['amplification']:.2f}x", flush=True
-                    )
+        mode, whole_chunks = "whole chunks", True
+        for keep in keeps:
+            measured = {}
+            failures: dict[str, int] = {}
+            for order_name, orderer in orders.items():
+                failures[order_name] = 0
+                while order_name not in measured:
+                    run += 1
+                    cache = Path(tmp) / f"cache{run}"
+                    outcome = isolated(one_epoch, data, cache, keep, orderer, whole_chunks, max_cache)
+                    if isinstance(outcome, dict):
+                        measured[order_name] = outcome
+                        continue
+                    # LitData's reader deleted a chunk it was re-reading, or waits for it forever.
+                    print(f"{mode} keep={keep} {order_name}: attempt failed ({outcome})", flush=True)
+                    failures[order_name] += 1
+                    if failures[order_name] == MAX_ATTEMPTS:
+                        raise RuntimeError(f"{order_name} at keep {keep} failed {MAX_ATTEMPTS} times: {outcome}")
+            for order_name, m in measured.items():
+                trained = torch.tensor(m.pop("trained"))
+                needed = torch.unique(chunk_of[trained])
+                ideal = float(chunk_sizes[needed].sum()) / m["sample_bytes"]
+                rows.append(
+                    {
+                        "mode": mode,
+                        "keep": keep,
+                        "order": order_name,
+                        **m,
+                        "failed_attempts": failures[order_name],
+                        "ideal": ideal,
+                        "time_ratio": m["seconds"] / measured["chunk-aware"]["seconds"],
+                    }
+                )
+                print(f"{mode:13s} keep={keep} {order_name:11s} amplification {m['amplification']:.2f}x", flush=True)
     payload = sum(payload_size(i) for i in range(num_samples))
     result: dict[str, Any] = {
         "settings": {
