@@ -306,8 +306,12 @@ def test_wrapped_streaming_datamodule_is_read_by_index(optimized: Path) -> None:
     assert isinstance(datamodule.train_dataset, StreamingMapDataset)
     assert isinstance(datamodule.orderer, ChunkAwareOrder)
     assert datamodule.num_train_samples == NUM_SAMPLES and datamodule.batch_size == 12
+    order = datamodule.train_dataloader().sampler.rank_order  # type: ignore[attr-defined]
+    assert not torch.equal(order, order.sort().values)  # shuffled chunk-aware, though LitData's loader had no sampler
+    chunk_of, _ = chunk_layout(streaming(optimized))
+    assert windows_are_contiguous(order, chunk_of, 1)
     batch = next(iter(datamodule.train_dataloader()))
-    assert batch["index"].tolist() == datamodule.train_sampler.rank_order[:12].tolist()  # type: ignore[union-attr]
+    assert batch["index"].tolist() == order[:12].tolist()
     with pytest.raises(ValueError, match="shuffle=True"):
         PruningDataModule(datamodule=StreamingDataModule(optimized, shuffle=True)).setup("fit")
 
