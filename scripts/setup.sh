@@ -22,6 +22,6 @@ if [ ! -f "$STAMP" ]; then
   python3 -m venv .venv
   quiet_pip --upgrade pip
   quiet_pip $TORCH_PIN
-  quiet_pip -e ".[dev,vision,docs]"
+  quiet_pip -e ".[dev,vision,docs,streaming]"
   rm -f .venv/.installed-*; touch "$STAMP"
 fi

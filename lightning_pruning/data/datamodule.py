@@ -15,6 +15,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset,
 from lightning_pruning.data.labels import contiguous_labels, resolve_labels
 from lightning_pruning.data.loader_state import ResumableDataLoader
 from lightning_pruning.data.sampler import Orderer, SubsetSampler
+from lightning_pruning.data.streaming import adopt_streaming
 from lightning_pruning.selection import derive_seed
 
 # Stream id of the DataLoader's worker base seed (see `SubsetSampler` for the shuffle stream).
@@ -139,6 +140,7 @@ class PruningDataModule(pl.LightningDataModule):
         if datamodule is not None and not isinstance(datamodule, pl.LightningDataModule):
             raise TypeError(f"`datamodule` must be a LightningDataModule, got {type(datamodule).__name__}.")
         if train_dataset is not None:
+            train_dataset, orderer = adopt_streaming(train_dataset, orderer)
             check_map_style(train_dataset, "train_dataset")
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}.")
@@ -239,22 +241,26 @@ class PruningDataModule(pl.LightningDataModule):
                 f"the wrapped {type(self.inner).__name__}.train_dataloader() returned {type(loader).__name__}; "
                 "PruningDataModule can wrap a single torch DataLoader only."
             )
-        check_map_style(loader.dataset, f"{type(self.inner).__name__}.train_dataloader().dataset")
+        argument = f"{type(self.inner).__name__}.train_dataloader().dataset"
+        dataset, self.orderer = adopt_streaming(loader.dataset, self.orderer, argument)
+        check_map_style(dataset, argument)
         batch_sampler = loader.batch_sampler
         if loader.batch_size is None or type(batch_sampler) is not BatchSampler:
             raise TypeError(
                 f"the wrapped {type(self.inner).__name__}.train_dataloader() uses a custom batch sampler. Data "
                 "pruning replaces the sampler with its own; build that loader with `batch_size=` instead."
             )
-        if type(loader.sampler) not in (RandomSampler, SequentialSampler):
+        # A loader over an iterable (streamed) dataset carries a placeholder sampler, which is replaced too.
+        if dataset is loader.dataset and type(loader.sampler) not in (RandomSampler, SequentialSampler):
             raise TypeError(
                 f"the wrapped {type(self.inner).__name__}.train_dataloader() uses a custom sampler "
                 f"({type(loader.sampler).__name__}). Data pruning decides which samples each epoch sees and "
                 "replaces the sampler; remove it (shuffle=True is fine)."
             )
-        self.train_dataset = loader.dataset
-        # A SequentialSampler (shuffle=False) asks for a fixed order: serve each subset in index order.
-        self.shuffle = type(loader.sampler) is RandomSampler
+        self.train_dataset = dataset
+        # A SequentialSampler (shuffle=False) asks for a fixed order: serve each subset in index order. A
+        # streamed set (wrapped above) is always shuffled, chunk-aware: its loader's sampler is a placeholder.
+        self.shuffle = dataset is not loader.dataset or type(loader.sampler) is RandomSampler
         self.batch_size = loader.batch_size
         self.drop_last = batch_sampler.drop_last
         self.num_workers = loader.num_workers
