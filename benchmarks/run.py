@@ -224,9 +224,13 @@ def fixed_budget_methods() -> dict[str, tuple[str, dict[str, Any]]]:
     return table
 
 
+#: SeTa's random-pruning ratio whose realised saving lands near each target (5 clusters, window 0.9; measured
+#: on Fashion-MNIST, MLP, 12 epochs: 0.33, 0.52, 0.70 saved). Above 0.7 SeTa needs prune_ratio > 0.6.
+SETA_PRUNE_RATIO_FOR_TARGET = {0.3: 0.0, 0.5: 0.3, 0.7: 0.6}
+
+
 def adaptive_methods(ratios: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)) -> list[tuple[str, str, dict[str, Any]]]:
-    """Loss-driven methods: InfoBatch and RePB at settings that move their saving towards ``ratios``,
-    SeTa at its defaults."""
+    """Loss-driven methods: InfoBatch, RePB and SeTa at settings that move their saving towards ``ratios``."""
     from lightning_pruning.methods import METHODS
 
     runs: list[tuple[str, str, dict[str, Any]]] = []
@@ -235,7 +239,11 @@ def adaptive_methods(ratios: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)) -> list[t
     if "repb" in METHODS:
         runs += [("RePB", "repb", {"rho": rho}) for rho in ratios]
     if "seta" in METHODS:
-        runs.append(("SeTa", "seta", {}))
+        runs += [
+            ("SeTa", "seta", {"prune_ratio": SETA_PRUNE_RATIO_FOR_TARGET[r], "num_groups": 5, "window_scale": 0.9})
+            for r in ratios
+            if r in SETA_PRUNE_RATIO_FOR_TARGET
+        ]
     return runs
 
 
