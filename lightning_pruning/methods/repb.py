@@ -178,8 +178,9 @@ class RePB(PruningCallback):
         self.reset(0)
 
     def reset(self, num_samples: int) -> None:
-        #: N_i: in how many harvested epochs each sample was trained.
-        self.train_counts = torch.zeros(num_samples, dtype=torch.int32)
+        #: N_i: in how many harvested epochs each sample was trained (int16: 2 bytes per sample in memory and
+        #: checkpoints; widened to int32 before a run could pass 32767 epochs).
+        self.train_counts = torch.zeros(num_samples, dtype=torch.int16)
         #: How many epochs were folded in (the numerator of the CTR weight).
         self.epochs_counted = 0
         #: The last epoch's trained samples, and those of them below their window mean.
@@ -200,6 +201,8 @@ class RePB(PruningCallback):
         self.trained[indices] = True  # harvested indices are distinct
         self.below.zero_()
         self.below[indices] = below_window_mean(harvest.losses, harvest.steps.to(torch.int64), window)
+        if self.epochs_counted >= torch.iinfo(self.train_counts.dtype).max:
+            self.train_counts = self.train_counts.to(torch.int32)
         self.train_counts += self.trained
         self.epochs_counted += 1
 
