@@ -114,6 +114,16 @@ def float_keys(values: Tensor) -> Tensor:
     return torch.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits) + (1 << 31)
 
 
+def float_keys_random_ties(values: Tensor, seed: int, epoch: int, ids: Tensor) -> Tensor:
+    """63-bit keys ordered by float32 ``values`` first and by a counter key among equal values.
+
+    With these keys the top-k takes every value above the k-th largest and a *uniformly random* subset
+    of the values tied with it, the tie rule of :func:`lightning_pruning.methods.ranking.top_k_mask`
+    (same distribution, other draws), still identical for every world size.
+    """
+    return (float_keys(values) << 31) | _shift_right(counter_keys(seed, epoch, ids, stream=1), 32)
+
+
 @dataclass(frozen=True)
 class GroupThreshold:
     """Per group, the k-th largest key and how many of the group's picks lie strictly above it."""
@@ -225,9 +235,29 @@ def sharded_uniform(bounds: list[int], size: int, seed: int, epoch: int, comm: S
     return sharded_group_top_k(keys, None, torch.tensor([size]), 63, comm)
 
 
-def sharded_top_k(scores: list[Tensor], k: int, comm: SimulatedGroup) -> list[Tensor]:
-    """The k highest scores over all ranks (greedy top-k; ``+inf`` first), ties to the lowest ids."""
-    return sharded_group_top_k([float_keys(part) for part in scores], None, torch.tensor([k]), 32, comm)
+def sharded_top_k(
+    scores: list[Tensor],
+    k: int,
+    comm: SimulatedGroup,
+    *,
+    random_ties: tuple[int, int] | None = None,
+    bounds: list[int] | None = None,
+) -> list[Tensor]:
+    """The k highest scores over all ranks (greedy top-k; ``+inf`` first).
+
+    Ties at the threshold go to the lowest ids, or, with ``random_ties=(seed, epoch)`` (and the shard
+    ``bounds``), to a uniformly random subset of the tied samples (:func:`float_keys_random_ties`).
+    """
+    if random_ties is None:
+        return sharded_group_top_k([float_keys(part) for part in scores], None, torch.tensor([k]), 32, comm)
+    if bounds is None:
+        raise ValueError("random_ties needs the shard bounds (the sample ids of every shard)")
+    seed, epoch = random_ties
+    keys = [
+        float_keys_random_ties(part, seed, epoch, torch.arange(start, stop))
+        for part, (start, stop) in zip(scores, itertools.pairwise(bounds), strict=True)
+    ]
+    return sharded_group_top_k(keys, None, torch.tensor([k]), 63, comm)
 
 
 def sharded_orderdp(

@@ -173,3 +173,23 @@ def test_group_ties_go_to_the_lowest_ids_across_ranks() -> None:
     masks = sharded_group_top_k(split(keys, [0, 3, 5, 8]), split(groups, [0, 3, 5, 8]), take, 32, SimulatedGroup(3))
     # group 0 holds 5 at ids 1, 3, 5 -> ids 1, 3; group 1 holds 5 at ids 2, 4, 7 -> ids 2, 4.
     assert joined(masks).nonzero().squeeze(1).tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("world", [1, 3])
+def test_random_ties_are_uniform_and_independent_of_the_world_size(world: int) -> None:
+    # 4 samples above a tie of 10 at 1.0, k = 7: the 4 always, then 3 of the 10 uniformly.
+    scores = torch.cat([torch.full((4,), 2.0), torch.ones(10), torch.zeros(6)])
+    bounds = shard_bounds(20, world)
+    hits = torch.zeros(20)
+    trials = 2000
+    for epoch in range(trials):
+        mask = joined(
+            sharded_top_k(split(scores, bounds), 7, SimulatedGroup(world), random_ties=(5, epoch), bounds=bounds)
+        )
+        single = joined(sharded_top_k([scores], 7, SimulatedGroup(1), random_ties=(5, epoch), bounds=[0, 20]))
+        assert torch.equal(mask, single) and int(mask.sum()) == 7
+        hits += mask
+    assert hits[:4].tolist() == [trials] * 4 and hits[14:].sum() == 0
+    assert float((hits[4:14] / trials - 0.3).abs().max()) < 0.05  # binomial sd 0.010
+    with pytest.raises(ValueError, match="shard bounds"):
+        sharded_top_k([scores], 7, SimulatedGroup(1), random_ties=(5, 0))
