@@ -16,7 +16,7 @@ _MASK_63 = (1 << 63) - 1
 # Segments up to this size are ranked together by one sort in segmented_top_k; larger ones by topk each.
 _SMALL_SEGMENT = 2048
 # Entries ranked per sort call in segmented_top_k (bounds its temporary memory).
-_SORT_CHUNK = 1 << 22
+_SORT_CHUNK = 1 << 20
 
 
 def derive_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -199,12 +199,24 @@ def stratified_uniform_subset(layout: ClassLayout, per_class: Tensor, generator:
     keys = torch.rand(layout.order.numel(), generator=generator)
     positions = segmented_top_k(keys, layout.counts, per_class)
     del keys
-    return layout.order[positions].to(torch.int64)
+    return gather_as_int64(layout.order, positions)
 
 
 def index_dtype(num_samples: int) -> torch.dtype:
     """int32 for index tensors over fewer than ``2**31`` samples (half the memory), else int64."""
     return torch.int32 if num_samples < 2**31 else torch.int64
+
+
+def gather_as_int64(table: Tensor, positions: Tensor) -> Tensor:
+    """``table[positions]`` as int64, holding at most the int64 result plus one int32 copy at a time.
+
+    ``positions`` is consumed: the caller must not use it afterwards (it may be freed early).
+    """
+    result = positions.to(torch.int64)
+    del positions
+    gathered = table[result]
+    result.copy_(gathered)  # widening copy into the same buffer
+    return result
 
 
 def _descending_sort_keys(values: Tensor) -> Tensor:
@@ -254,31 +266,37 @@ def segmented_top_k(
     starts = torch.cumsum(counts, 0) - counts
     partial = (take > 0) & (take < counts)
     small = partial & (counts <= small_segment)
-    picks: list[Tensor] = []
+    # The result is written in place, part by part, so no list of parts is concatenated (a second copy).
+    result = torch.empty(int(take.sum()), dtype=dtype)
+    filled = 0
+
+    def put(part: Tensor, shift: int = 0) -> None:
+        nonlocal filled
+        target = result[filled : filled + part.numel()]
+        target.copy_(part)
+        if shift:
+            target.add_(shift)
+        filled += part.numel()
 
     whole = torch.nonzero((take == counts) & (counts > 0)).squeeze(1)
     if whole.numel():
-        picks.append(_segment_positions(starts[whole], counts[whole], dtype))
+        put(_segment_positions(starts[whole], counts[whole], dtype))
 
     small_ids = torch.nonzero(small).squeeze(1)
     if small_ids.numel():
-        # Chunks of whole segments bound the sort's working memory (about 40 bytes per ranked entry).
+        # Chunks of whole segments bound the sort's working memory (about 40 bytes per ranked entry, 40 MB).
         ends = torch.cumsum(counts[small_ids], 0)
         marks = list(range(max(sort_chunk, 1), int(ends[-1]), max(sort_chunk, 1)))
         cuts = torch.searchsorted(ends, torch.tensor(marks, dtype=torch.int64), right=True).tolist() if marks else []
         bounds = [0, *sorted(set(cuts) - {0}), small_ids.numel()]
         for first, last in itertools.pairwise(bounds):
             if first < last:
-                picks.append(_sorted_segment_top_k(keys, small_ids[first:last], starts, counts, take, dtype))
+                put(_sorted_segment_top_k(keys, small_ids[first:last], starts, counts, take, dtype))
 
     large = torch.nonzero(partial & ~small).squeeze(1)
     for start, size, count in zip(starts[large].tolist(), counts[large].tolist(), take[large].tolist(), strict=True):
-        top = torch.topk(keys[start : start + size], count, sorted=False).indices
-        picks.append(top.to(dtype).add_(start))
-
-    if not picks:
-        return torch.empty(0, dtype=dtype)
-    return picks[0] if len(picks) == 1 else torch.cat(picks)
+        put(torch.topk(keys[start : start + size], count, sorted=False).indices, start)
+    return result
 
 
 def _sorted_segment_top_k(

@@ -25,6 +25,7 @@ from lightning_pruning.selection import (
     ClassLayout,
     budget,
     check_prune_ratio,
+    gather_as_int64,
     index_dtype,
     largest_remainder_round,
     segmented_top_k,
@@ -186,7 +187,7 @@ def sample_within_classes(
     keys = gumbel_noise(layout.order.numel(), generator, out=workspace).add_(grouped_scores, alpha=1.0 / beta)
     positions = segmented_top_k(keys, layout.counts, per_class)
     del keys  # the keys (4 bytes per sample) are freed before the int64 result is allocated
-    return layout.order[positions].to(torch.int64)
+    return gather_as_int64(layout.order, positions)
 
 
 def class_loss_signal(grouped_scores: Tensor, counts: Tensor) -> Tensor:
