@@ -17,6 +17,10 @@ _MASK_63 = (1 << 63) - 1
 _SMALL_SEGMENT = 2048
 # Entries ranked per sort call in segmented_top_k (bounds its temporary memory).
 _SORT_CHUNK = 1 << 20
+# Segments up to this size take torch.topk (fastest; its 12-byte-per-entry copy stays below 3 MB).
+_TOPK_MAX = 1 << 18
+# Entries per torch.nonzero call on a large segment (its int64 output is 8 bytes per hit).
+_NONZERO_CHUNK = 1 << 20
 
 
 def derive_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -197,9 +201,9 @@ def stratified_uniform_subset(layout: ClassLayout, per_class: Tensor, generator:
     are a uniform subset of it (:func:`segmented_top_k`), with no Python loop over small classes.
     """
     keys = torch.rand(layout.order.numel(), generator=generator)
-    positions = segmented_top_k(keys, layout.counts, per_class)
+    positions = segmented_top_k(keys, layout.counts, per_class).to(torch.int64)
     del keys
-    return gather_as_int64(layout.order, positions)
+    return gather_in_place(layout.order, positions)
 
 
 def index_dtype(num_samples: int) -> torch.dtype:
@@ -207,16 +211,14 @@ def index_dtype(num_samples: int) -> torch.dtype:
     return torch.int32 if num_samples < 2**31 else torch.int64
 
 
-def gather_as_int64(table: Tensor, positions: Tensor) -> Tensor:
-    """``table[positions]`` as int64, holding at most the int64 result plus one int32 copy at a time.
+def gather_in_place(table: Tensor, index: Tensor) -> Tensor:
+    """Overwrites the int64 ``index`` with ``table[index]`` (widened) and returns it.
 
-    ``positions`` is consumed: the caller must not use it afterwards (it may be freed early).
+    Holds the int64 result plus one copy in ``table``'s dtype (4 bytes per entry for an int32 table),
+    instead of an int64 index, the gathered copy and its int64 widening at once.
     """
-    result = positions.to(torch.int64)
-    del positions
-    gathered = table[result]
-    result.copy_(gathered)  # widening copy into the same buffer
-    return result
+    index.copy_(table[index])
+    return index
 
 
 def _descending_sort_keys(values: Tensor) -> Tensor:
@@ -237,9 +239,11 @@ def segmented_top_k(
     The segments are consecutive slices of ``keys`` (a class-grouped table). Segments taken whole or
     not at all need no comparison. Partial segments of at most ``small_segment`` entries are all ranked
     by ONE integer sort of ``(segment id, descending key)`` composites (radix sort, no Python loop);
-    larger ones, of which there are at most ``N / small_segment``, get one ``torch.topk`` each, where the
-    per-call overhead is small next to the segment's own cost. Exactly tied keys are taken in an
-    unspecified but deterministic order, as ``torch.topk`` does.
+    larger ones, of which there are at most ``N / small_segment``, get one ``torch.topk`` each (the
+    per-call overhead is small next to the segment's own cost), and segments over ``2**18`` entries
+    their k-th largest key by selection (:func:`~lightning_pruning.methods.ranking.threshold_with_counts`,
+    no 12-byte-per-entry copy). Keys tied at a segment's threshold are taken in an unspecified but
+    deterministic order.
 
     Args:
         keys: 1-D float keys without NaN, shape ``(N,)``.
@@ -254,6 +258,8 @@ def segmented_top_k(
     Raises:
         ValueError: if shapes disagree or some ``take[j]`` is outside ``[0, counts[j]]``.
     """
+    from lightning_pruning.methods.ranking import threshold_with_counts  # methods/ imports this module
+
     counts = counts.to(torch.int64)
     take = take.to(torch.int64)
     num = keys.numel()
@@ -295,7 +301,19 @@ def segmented_top_k(
 
     large = torch.nonzero(partial & ~small).squeeze(1)
     for start, size, count in zip(starts[large].tolist(), counts[large].tolist(), take[large].tolist(), strict=True):
-        put(torch.topk(keys[start : start + size], count, sorted=False).indices, start)
+        segment = keys[start : start + size]
+        if size <= _TOPK_MAX:
+            put(torch.topk(segment, count, sorted=False).indices, start)
+            continue
+        # Huge segments: the k-th largest by selection (1 byte per entry of masks), not torch.topk, whose
+        # CPU kernel copies the whole segment as (value, int64 index) pairs (12 bytes per entry).
+        threshold, greater, _ = threshold_with_counts(segment, count)
+        for offset in range(0, size, _NONZERO_CHUNK):
+            part = segment[offset : offset + _NONZERO_CHUNK]
+            put(torch.nonzero(part > threshold).squeeze(1), start + offset)
+        if count > greater:  # entries tied with the threshold fill the rest, in position order
+            ties = torch.nonzero(segment == threshold).squeeze(1)[: count - greater]
+            put(ties, start)
     return result
 
 

@@ -264,3 +264,14 @@ def test_stratified_uniform_subset_is_uniform_within_classes() -> None:
     assert bool(((small_rate - 1 / 3).abs() < 0.01).all())  # sd 0.0016
     big_rate = hits[3000:] / trials
     assert abs(float(big_rate.mean()) - 0.2) < 1e-6 and float(big_rate.std()) < 0.04  # binomial sd 0.023
+
+
+def test_segmented_top_k_on_huge_segments_takes_ties_and_exact_counts() -> None:
+    # Segments over 2**18 entries take the selection path; heavy ties straddle its thresholds.
+    generator = torch.Generator().manual_seed(5)
+    counts = torch.tensor([300_000, 3, 400_000])
+    keys = torch.randint(0, 50, (int(counts.sum()),), generator=generator).float()
+    take = torch.tensor([123_457, 2, 1])
+    picked = segmented_top_k(keys, counts, take)
+    assert picked.numel() == int(take.sum()) and picked.unique().numel() == picked.numel()
+    assert kept_per_segment(keys, counts, picked) == reference_segment_top_k(keys, counts, take)

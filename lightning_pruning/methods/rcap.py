@@ -25,7 +25,7 @@ from lightning_pruning.selection import (
     ClassLayout,
     budget,
     check_prune_ratio,
-    gather_as_int64,
+    gather_in_place,
     index_dtype,
     largest_remainder_round,
     segmented_top_k,
@@ -187,7 +187,9 @@ def sample_within_classes(
     keys = gumbel_noise(layout.order.numel(), generator, out=workspace).add_(grouped_scores, alpha=1.0 / beta)
     positions = segmented_top_k(keys, layout.counts, per_class)
     del keys  # the keys (4 bytes per sample) are freed before the int64 result is allocated
-    return gather_as_int64(layout.order, positions)
+    result = positions.to(torch.int64)
+    del positions
+    return gather_in_place(layout.order, result)
 
 
 def class_loss_signal(grouped_scores: Tensor, counts: Tensor) -> Tensor:
@@ -238,7 +240,7 @@ def class_subset_mass(
         torch.sub(grouped_scores, shift, out=mass).mul_(1.0 / beta).exp_()
         del shift
     total = segment_sums(mass, counts)
-    inside = segment_sums(mass.mul_(previous), counts)
+    inside = segment_sums(mass.masked_fill_(previous.logical_not(), 0.0), counts)  # no float copy of the mask
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
 
 
