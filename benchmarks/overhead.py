@@ -562,7 +562,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         f"Machine: {result['machine']}; torch {result['versions']['torch']}, "
         f"lightning {result['versions']['lightning']}. Command: `{result['command']}`. One thread; "
         "every ratio compares timings of the same run (minimum over repeats). "
-        f"Load average at the start: {result['load_average']}.",
+        f"Load average (1, 5, 15 min) at the start, on 2 cores shared with other jobs: {result['load_average']}.",
         "",
         "### Issue 14 targets",
         "",
@@ -588,7 +588,7 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
             "",
             f"### N = {scale['N']:,} on one machine (item 6; `{scale['command']}`)",
             "",
-            f"`torch.randperm(N)`: {scale['randperm_ms'] / 1000:.1f} s. Load average at the start: "
+            f"`torch.randperm(N)`: {scale['randperm_ms'] / 1000:.1f} s. Load average (1, 5, 15 min) when it ended: "
             f"{scale['load_average']}. Each method runs in its own process: synthetic state, then one epoch "
             "pipeline (decision, the sampler's order, dense weights).",
             "",
