@@ -25,6 +25,7 @@ from lightning_pruning.methods.rcap import (
     class_fractions,
     class_loss_signal,
     class_subset_mass,
+    gumbel_noise,
     sample_within_classes,
     segment_sums,
 )
@@ -242,8 +243,34 @@ def test_subset_mass_is_stable_for_small_beta() -> None:
     torch.testing.assert_close(mass, expected, rtol=1e-4, atol=0)  # float32 scores
 
 
+def test_small_beta_subset_mass_with_many_classes_matches_a_per_class_shift() -> None:
+    generator = torch.Generator().manual_seed(4)
+    counts = torch.cat([torch.tensor([0, 5000]), torch.randint(1, 6, (300,), generator=generator)])
+    scores = torch.rand(int(counts.sum()), generator=generator) * 3
+    previous = torch.rand(scores.numel(), generator=generator) < 0.5
+    beta = 0.02  # exponents span 150: the per-class shift path
+    expected = []
+    for part, kept in zip(scores.split(counts.tolist()), previous.split(counts.tolist()), strict=True):
+        weight = torch.exp((part.double() - part.double().max()) / beta) if part.numel() else part.double()
+        expected.append(float(weight[kept].sum() / weight.sum()) if part.numel() else 0.0)
+    mass = class_subset_mass(scores, beta, counts, previous)
+    torch.testing.assert_close(mass, torch.tensor(expected, dtype=torch.float64), rtol=1e-4, atol=1e-12)
+
+
 def test_segment_sums() -> None:
     assert segment_sums(torch.arange(6.0), torch.tensor([2, 0, 4])).tolist() == [1.0, 0.0, 14.0]
+
+
+def test_segment_sums_of_large_and_many_classes_match_float64() -> None:
+    # Classes spanning several 4096-blocks, empty ones and 500 tiny ones, in one call.
+    counts = torch.cat([torch.tensor([20_000, 0, 4096, 4097, 1]), torch.full((500,), 3)])
+    values = torch.rand(int(counts.sum()), generator=torch.Generator().manual_seed(0)) * 7
+    expected = torch.stack([part.double().sum() for part in values.split(counts.tolist())])
+    torch.testing.assert_close(segment_sums(values, counts), expected, rtol=1e-6, atol=1e-9)
+    few = torch.tensor([70_000, 0, 80_000])  # few large classes: the torch.sum-per-class path
+    values = torch.rand(150_000, generator=torch.Generator().manual_seed(1))
+    expected = torch.stack([part.double().sum() for part in values.split(few.tolist())])
+    torch.testing.assert_close(segment_sums(values, few), expected, rtol=1e-6, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -254,6 +281,43 @@ def test_tiny_beta_takes_the_highest_scores_of_each_class() -> None:
     layout = ClassLayout.from_labels(labels)
     picked = sample_within_classes(grouped(scores, layout), 1e-3, layout, torch.tensor([2, 1]), make_generator(0, 0))
     assert sorted(picked.tolist()) == [1, 2, 4]
+
+
+def loop_sample_within_classes(
+    grouped_scores: Tensor, beta: float, layout: ClassLayout, per_class: Tensor, generator: torch.Generator
+) -> Tensor:
+    """The earlier implementation (one topk per class in a Python loop), kept to pin the draws."""
+    order = layout.order.long()
+    keys = gumbel_noise(order.numel(), generator).add_(grouped_scores, alpha=1.0 / beta)
+    picks = []
+    for start, size, take in zip(layout.offsets.tolist(), layout.counts.tolist(), per_class.tolist(), strict=True):
+        picks.append(order[start + torch.topk(keys[start : start + size], take).indices])
+    return torch.cat(picks)
+
+
+@pytest.mark.parametrize("num_classes", [3, 400])
+def test_vectorised_sampling_makes_the_same_draws_as_the_per_class_loop(num_classes: int) -> None:
+    # Same generator, same Gumbel keys, same top-k of every class: the same subset as before.
+    generator = torch.Generator().manual_seed(num_classes)
+    labels = torch.randint(0, num_classes, (6000,), generator=generator)
+    layout = ClassLayout.from_labels(labels)
+    scores = grouped(torch.rand(6000, generator=generator) * 2, layout)
+    per_class = torch.div(layout.counts * torch.randint(0, 101, (num_classes,), generator=generator), 100).long()
+    for seed in range(3):
+        new = sample_within_classes(scores, 0.5, layout, per_class, make_generator(seed, 1))
+        old = loop_sample_within_classes(scores, 0.5, layout, per_class, make_generator(seed, 1))
+        assert new.dtype == torch.int64 and torch.equal(new.sort().values, old.sort().values)
+
+
+def test_rcap_tables_hold_at_most_16_bytes_per_sample() -> None:
+    labels = torch.randint(0, 1000, (50_000,), generator=torch.Generator().manual_seed(0))
+    method = make_rcap(labels)
+    method.update(harvest(torch.arange(50_000), torch.rand(50_000)))
+    layout = method.class_layout
+    assert layout is not None
+    tensors = [value for value in vars(method).values() if isinstance(value, Tensor)]
+    tensors += [layout.order, layout.counts, layout.offsets]
+    assert sum(tensor.nbytes for tensor in tensors) / 50_000 <= 16.0
 
 
 def exact_inclusion(weights: list[float], k: int) -> list[float]:

@@ -293,3 +293,18 @@ def test_multi_step_windows_with_gradient_accumulation() -> None:
     expected = torch.zeros(64, dtype=torch.bool)
     expected[last.indices] = last.losses.double() < means[window_ids]
     assert torch.equal(callback.below, expected)
+
+
+def test_training_counts_are_int16_and_widen_before_they_could_overflow() -> None:
+    method = make(4)
+    assert method.train_counts.dtype == torch.int16
+    method.update(harvest(torch.tensor([0, 1]), torch.tensor([1.0, 2.0])))
+    assert method.train_counts.tolist() == [1, 1, 0, 0] and method.train_counts.dtype == torch.int16
+    # A run at the int16 limit: the next epoch's count no longer fits, so the table widens first.
+    method.train_counts = torch.full((4,), 32767, dtype=torch.int16)
+    method.epochs_counted = 32767
+    method.update(harvest(torch.tensor([2, 3]), torch.tensor([1.0, 2.0])))
+    assert method.train_counts.dtype == torch.int32
+    assert method.train_counts.tolist() == [32767, 32767, 32768, 32768]
+    weights = method.select(1, make_generator(0, 1)).weights
+    assert weights is not None and bool((weights > 0).all())

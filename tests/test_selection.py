@@ -18,6 +18,7 @@ from lightning_pruning.selection import (
     derive_seed,
     largest_remainder_round,
     make_generator,
+    segmented_top_k,
     stratified_counts,
     stratified_uniform_subset,
     uniform_subset,
@@ -99,6 +100,13 @@ def test_uniform_subset_is_uniform() -> None:
         hits[uniform_subset(10, 3, make_generator(7, trial))] += 1
     # each index has inclusion probability 0.3; binomial std of the frequency ~ 0.0072
     assert bool(((hits / trials - 0.3).abs() < 0.03).all())
+
+
+def test_uniform_subset_keeps_the_draws_of_an_int64_randperm() -> None:
+    for n in (10, 70_000):
+        picked = uniform_subset(n, n // 3, make_generator(2, n))
+        expected = torch.randperm(n, generator=make_generator(2, n))[: n // 3]
+        assert picked.dtype == torch.int64 and torch.equal(picked, expected)
 
 
 def test_stratified_uniform_subset_takes_exact_counts_per_class() -> None:
@@ -281,3 +289,96 @@ def test_prepare_maps_non_contiguous_labels_to_class_ids() -> None:
     assert sorted(labels[picked].tolist()) == [3, 3, 7, 100]  # budget 4 split 2 / 1 / 1 by class size
     with pytest.raises(ValueError, match=r"class ids 0\.\.2"):
         method.prepare(8, labels=labels, class_values=torch.tensor([3, 7, 100]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-class top-k without a Python loop over small classes.
+def reference_segment_top_k(keys: Tensor, counts: Tensor, take: Tensor) -> list[list[float]]:
+    """The sorted kept keys of every segment, by one topk per segment (the loop the helper replaces)."""
+    kept, start = [], 0
+    for size, count in zip(counts.tolist(), take.tolist(), strict=True):
+        kept.append(sorted(torch.topk(keys[start : start + size], count).values.tolist()))
+        start += size
+    return kept
+
+
+def kept_per_segment(keys: Tensor, counts: Tensor, positions: Tensor) -> list[list[float]]:
+    segment = torch.repeat_interleave(torch.arange(counts.numel()), counts)[positions.long()]
+    return [sorted(keys[positions.long()][segment == j].tolist()) for j in range(counts.numel())]
+
+
+def test_segmented_top_k_by_hand() -> None:
+    keys = torch.tensor([0.3, -1.0, 2.0, 5.0, -0.0, 0.0, -7.0, 1.0, 1.5])
+    counts = torch.tensor([3, 0, 1, 5])
+    take = torch.tensor([2, 0, 1, 2])
+    for small in (0, 2048):  # the per-segment topk path and the shared-sort path
+        picked = segmented_top_k(keys, counts, take, small_segment=small)
+        assert picked.dtype == torch.int32
+        assert sorted(picked.tolist()) == [0, 2, 3, 7, 8]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=12),
+    shares=st.lists(st.floats(0.0, 1.0), min_size=12, max_size=12),
+    small=st.sampled_from([0, 5, 2048]),
+    chunk=st.sampled_from([1, 16, 1 << 22]),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_segmented_top_k_equals_a_topk_per_segment(
+    sizes: list[int], shares: list[float], small: int, chunk: int, ties: bool, seed: int
+) -> None:
+    counts = torch.tensor(sizes)
+    take = torch.tensor([round(share * size) for share, size in zip(shares, sizes, strict=False)])
+    generator = torch.Generator().manual_seed(seed)
+    keys = torch.randn(int(counts.sum()), generator=generator) * 3
+    if ties:
+        keys = keys.round()  # many exact ties, negative values and -0.0
+    picked = segmented_top_k(keys, counts, take, small_segment=small, sort_chunk=chunk)
+    assert picked.numel() == int(take.sum()) and picked.unique().numel() == picked.numel()
+    assert kept_per_segment(keys, counts, picked) == reference_segment_top_k(keys, counts, take)
+
+
+def test_segmented_top_k_rejects_bad_counts() -> None:
+    with pytest.raises(ValueError, match="cannot take 3 entries from segment 1 of 2"):
+        segmented_top_k(torch.zeros(4), torch.tensor([2, 2]), torch.tensor([1, 3]))
+    with pytest.raises(ValueError, match="do not fit 5 keys"):
+        segmented_top_k(torch.zeros(5), torch.tensor([2, 2]), torch.tensor([1, 1]))
+
+
+def test_class_layout_stores_int32_order_and_rebuilds_labels() -> None:
+    labels = torch.tensor([2, 0, 1, 2, 2, 0])
+    layout = ClassLayout.from_labels(labels)
+    assert layout.order.dtype == torch.int32 and layout.order.tolist() == [1, 5, 2, 0, 3, 4]
+    assert torch.equal(layout.labels, labels) and layout.members(2).tolist() == [0, 3, 4]
+    assert layout.grouped_labels().tolist() == [0, 0, 1, 2, 2, 2]
+
+
+def test_stratified_uniform_subset_is_uniform_within_classes() -> None:
+    # 1000 classes of 3 (the vectorised path) plus one class of 5000 (topk path): every member of a
+    # class must be drawn with probability take / size.
+    labels = torch.cat([torch.arange(1000).repeat_interleave(3), torch.full((5000,), 1000)])
+    layout = ClassLayout.from_labels(labels)
+    per_class = torch.cat([torch.ones(1000, dtype=torch.int64), torch.tensor([1000])])
+    hits = torch.zeros(labels.numel())
+    trials = 300
+    for trial in range(trials):
+        picked = stratified_uniform_subset(layout, per_class, make_generator(3, trial))
+        assert torch.equal(torch.bincount(labels[picked], minlength=1001), per_class)
+        hits[picked] += 1
+    small_rate = hits[:3000].view(1000, 3).sum(0) / (1000 * trials)  # per position within the class
+    assert bool(((small_rate - 1 / 3).abs() < 0.01).all())  # sd 0.0016
+    big_rate = hits[3000:] / trials
+    assert abs(float(big_rate.mean()) - 0.2) < 1e-6 and float(big_rate.std()) < 0.04  # binomial sd 0.023
+
+
+def test_segmented_top_k_on_huge_segments_takes_ties_and_exact_counts() -> None:
+    # Segments over 2**18 entries take the selection path; heavy ties straddle its thresholds.
+    generator = torch.Generator().manual_seed(5)
+    counts = torch.tensor([300_000, 3, 400_000])
+    keys = torch.randint(0, 50, (int(counts.sum()),), generator=generator).float()
+    take = torch.tensor([123_457, 2, 1])
+    picked = segmented_top_k(keys, counts, take)
+    assert picked.numel() == int(take.sum()) and picked.unique().numel() == picked.numel()
+    assert kept_per_segment(keys, counts, picked) == reference_segment_top_k(keys, counts, take)

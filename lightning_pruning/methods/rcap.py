@@ -21,7 +21,15 @@ from torch import Tensor
 
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.registry import register
-from lightning_pruning.selection import ClassLayout, budget, check_prune_ratio, largest_remainder_round
+from lightning_pruning.selection import (
+    ClassLayout,
+    budget,
+    check_prune_ratio,
+    gather_in_place,
+    index_dtype,
+    largest_remainder_round,
+    segmented_top_k,
+)
 
 ClassSignal = Literal["loss", "subset_mass"]
 _CLASS_SIGNALS = ("loss", "subset_mass")
@@ -29,6 +37,10 @@ _CLASS_SIGNALS = ("loss", "subset_mass")
 _TINY = torch.finfo(torch.float32).tiny
 # exp(-60) is far above float32's smallest normal number (about exp(-87)).
 _SAFE_SPAN = 60.0
+# Block length of segment_sums' float32 partial sums: a sequential float32 sum of 256 values stays within
+# about 1e-7 relative, like the cascade sum of torch.sum; the block sums are added in float64.
+_SUM_BLOCK = 256
+_LOOP_SUM_MIN_SIZE = 1 << 16
 
 
 def class_fractions(signal: Tensor, counts: Tensor, total: int) -> tuple[Tensor, Tensor]:
@@ -108,12 +120,24 @@ def class_budgets(alpha: Tensor, counts: Tensor, total: int) -> Tensor:
 def segment_sums(values: Tensor, counts: Tensor) -> Tensor:
     """Sums of the consecutive slices of ``values`` of lengths ``counts`` (float64, ``(C,)``).
 
-    A general helper for tables stored in class-grouped order (one contiguous slice per class).
+    A general helper for tables stored in class-grouped order (one contiguous slice per class). With
+    fewer classes than ``N / 65536`` each slice is summed by ``torch.sum``. Otherwise there is no Python
+    loop over the classes: every slice is cut into blocks of at most 256 entries, the blocks
+    are summed in one ``torch.segment_reduce`` (float32 error of a block sum, like a cascade sum's), and
+    the block sums are added per class in float64.
     """
-    parts = values.split(counts.tolist())
-    if not parts:
+    counts = counts.to(torch.int64)
+    if counts.numel() == 0:
         return torch.zeros(0, dtype=torch.float64)
-    return torch.stack([part.sum() for part in parts]).to(torch.float64)
+    if counts.numel() * _LOOP_SUM_MIN_SIZE <= values.numel():
+        # Few, large classes (average >= 65536): torch.sum per slice is faster than segment_reduce.
+        return torch.stack([part.sum() for part in values.split(counts.tolist())]).to(torch.float64)
+    blocks = torch.div(counts + (_SUM_BLOCK - 1), _SUM_BLOCK, rounding_mode="floor").clamp_min_(1)
+    lengths = torch.full((int(blocks.sum()),), _SUM_BLOCK, dtype=torch.int64)
+    lengths[torch.cumsum(blocks, 0) - 1] = counts - _SUM_BLOCK * (blocks - 1)  # each class's last block
+    block_sums = torch.segment_reduce(values, "sum", lengths=lengths, unsafe=True).to(torch.float64)
+    # segment_reduce fills empty segments with 0 for "sum" (an empty class has one empty block).
+    return torch.segment_reduce(block_sums, "sum", lengths=blocks, unsafe=True)
 
 
 def gumbel_noise(num: int, generator: torch.Generator, *, out: Tensor | None = None) -> Tensor:
@@ -141,7 +165,9 @@ def sample_within_classes(
 
     Sequential sampling without replacement with probabilities proportional to ``exp(score_i / beta)``
     within a class is the same as keeping the class's ``k_j`` largest ``score_i / beta + G_i`` (Gumbel-top-k,
-    ``G_i`` independent standard Gumbel noise). One noise draw covers the whole grouped table.
+    ``G_i`` independent standard Gumbel noise). One noise draw covers the whole grouped table, and one
+    :func:`~lightning_pruning.selection.segmented_top_k` takes every class's top ``k_j`` (no Python loop
+    over small classes).
 
     Args:
         grouped_scores: per-sample scores in the class-grouped order of ``layout``, shape ``(N,)``.
@@ -149,27 +175,21 @@ def sample_within_classes(
         layout: the samples grouped by class.
         per_class: int64 samples to draw per class, ``0 <= per_class[j] <= counts[j]``.
         generator: the source of the Gumbel noise.
-        workspace: optional float32 buffer of ``N`` elements reused for the keys.
+        workspace: optional float32 buffer of ``N`` elements used for the keys.
 
     Returns:
-        int64 dataset indices, grouped by class (no particular order within a class).
+        int64 dataset indices, in no particular order.
     """
-    order = layout.order
-    keys = gumbel_noise(order.numel(), generator, out=workspace).add_(grouped_scores, alpha=1.0 / beta)
-    picks: list[Tensor] = []
-    for start, size, take in zip(layout.offsets.tolist(), layout.counts.tolist(), per_class.tolist(), strict=True):
-        if take <= 0:
-            continue
-        if take > size:
-            raise ValueError(f"cannot draw {take} samples from a class of {size}")
-        if take == size:
-            picks.append(order[start : start + size])
-            continue
-        top = torch.topk(keys[start : start + size], take, sorted=False).indices
-        picks.append(order[start + top])
-    if not picks:
-        return torch.empty(0, dtype=torch.int64)
-    return torch.cat(picks)
+    bad = (per_class > layout.counts) | (per_class < 0)
+    if bool(bad.any()):
+        j = int(torch.nonzero(bad)[0])
+        raise ValueError(f"cannot draw {int(per_class[j])} samples from a class of {int(layout.counts[j])}")
+    keys = gumbel_noise(layout.order.numel(), generator, out=workspace).add_(grouped_scores, alpha=1.0 / beta)
+    positions = segmented_top_k(keys, layout.counts, per_class)
+    del keys  # the keys (4 bytes per sample) are freed before the int64 result is allocated
+    result = positions.to(torch.int64)
+    del positions
+    return gather_in_place(layout.order, result)
 
 
 def class_loss_signal(grouped_scores: Tensor, counts: Tensor) -> Tensor:
@@ -215,11 +235,12 @@ def class_subset_mass(
     if (high - low) / beta < _SAFE_SPAN:
         torch.sub(grouped_scores, high, out=mass).mul_(1.0 / beta).exp_()
     else:
-        for part, out in zip(grouped_scores.split(counts.tolist()), mass.split(counts.tolist()), strict=True):
-            if part.numel():
-                torch.sub(part, part.max(), out=out).mul_(1.0 / beta).exp_()
+        class_max = torch.segment_reduce(grouped_scores, "max", lengths=counts.to(torch.int64), unsafe=True)
+        shift = torch.repeat_interleave(class_max.to(grouped_scores.dtype), counts)
+        torch.sub(grouped_scores, shift, out=mass).mul_(1.0 / beta).exp_()
+        del shift
     total = segment_sums(mass, counts)
-    inside = segment_sums(mass.mul_(previous), counts)
+    inside = segment_sums(mass.masked_fill_(previous.logical_not(), 0.0), counts)  # no float copy of the mask
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
 
 
@@ -308,8 +329,7 @@ class RCAP(PruningCallback):
         self.saturated: list[list[int]] = []
         #: The epoch of each entry of class_budgets / saturated.
         self.budget_epochs: list[int] = []
-        self._position = torch.empty(0, dtype=torch.int64)
-        self._workspace = torch.empty(0)
+        self._position = torch.empty(0, dtype=torch.int32)
 
     @property
     def clip_value(self) -> float:
@@ -337,9 +357,9 @@ class RCAP(PruningCallback):
                 "and the sampling uniform. Pass `clip=` to weight samples by their loss."
             )
         # Where each dataset index sits in the grouped tables.
-        self._position = torch.empty(num_samples, dtype=torch.int64)
-        self._position[layout.order] = torch.arange(num_samples)
-        self._workspace = torch.empty(0)
+        dtype = index_dtype(num_samples)
+        self._position = torch.empty(num_samples, dtype=dtype)
+        self._position[layout.order] = torch.arange(num_samples, dtype=dtype)
         self.grouped_scores = torch.full((num_samples,), self.clip_value, dtype=torch.float32)
         self.previous_trained = torch.zeros(num_samples, dtype=torch.bool)
         self.has_harvest = False
@@ -367,9 +387,7 @@ class RCAP(PruningCallback):
             return (layout.counts > 0).to(torch.float64)
         if self.class_signal == "loss":
             return class_loss_signal(self.grouped_scores, layout.counts)
-        return class_subset_mass(
-            self.grouped_scores, self.beta, layout.counts, self.previous_trained, workspace=self._buffer()
-        )
+        return class_subset_mass(self.grouped_scores, self.beta, layout.counts, self.previous_trained)
 
     def select(self, epoch: int, generator: torch.Generator) -> Selection:
         layout = self.class_layout
@@ -377,9 +395,7 @@ class RCAP(PruningCallback):
         total = budget(self.prune_ratio, self.num_samples)
         alpha, _ = class_fractions(self.class_signal_values(), layout.counts, total)
         per_class = class_budgets(alpha, layout.counts, total)
-        indices = sample_within_classes(
-            self.grouped_scores, self.beta, layout, per_class, generator, workspace=self._buffer()
-        )
+        indices = sample_within_classes(self.grouped_scores, self.beta, layout, per_class, generator)
 
         budgets = per_class.tolist()
         # Reported from the rounded counts: a class is saturated when all its samples are kept.
@@ -393,9 +409,3 @@ class RCAP(PruningCallback):
         stats["saturated_classes"] = float(len(saturated_ids))
         stats["budget_total"] = float(sum(budgets))
         return Selection(indices, stats=stats)
-
-    def _buffer(self) -> Tensor:
-        """A float32 scratch buffer of N elements, reused across epochs (not part of the state)."""
-        if self._workspace.numel() != self.num_samples:
-            self._workspace = torch.empty(self.num_samples)
-        return self._workspace

@@ -59,9 +59,10 @@ def ctr_weights(train_counts: Tensor, epochs: int, max_weight: float | None = No
     is weighted as if trained once, ``epochs / 1``, instead of an infinite weight.
     """
     # A true division (``scalar / tensor`` would be reciprocal-then-multiply, off by an ulp).
-    weights = torch.div(torch.tensor(float(epochs)), train_counts.to(torch.float32).clamp_min_(1.0))
+    weights = train_counts.to(torch.float32, copy=True).clamp_min_(1.0)
+    torch.div(torch.tensor(float(epochs)), weights, out=weights)  # in place: one float32 table per call
     if max_weight is not None:
-        weights = weights.clamp_max(max_weight)
+        weights.clamp_max_(max_weight)
     return weights
 
 
@@ -106,6 +107,7 @@ def repb_next_subset(
     num_kept = int(torch.count_nonzero(keep))  # much faster than a bool sum
     if resampling:
         keep |= ~trained & (draws < 1.0 - rho)
+    del draws  # 4 bytes per sample, freed before the int64 indices are allocated
     indices = torch.nonzero(keep).squeeze(1)
     return RePBDecision(indices, indices.numel() - num_kept)
 
@@ -178,8 +180,9 @@ class RePB(PruningCallback):
         self.reset(0)
 
     def reset(self, num_samples: int) -> None:
-        #: N_i: in how many harvested epochs each sample was trained.
-        self.train_counts = torch.zeros(num_samples, dtype=torch.int32)
+        #: N_i: in how many harvested epochs each sample was trained (int16: 2 bytes per sample in memory and
+        #: checkpoints; widened to int32 before a run could pass 32767 epochs).
+        self.train_counts = torch.zeros(num_samples, dtype=torch.int16)
         #: How many epochs were folded in (the numerator of the CTR weight).
         self.epochs_counted = 0
         #: The last epoch's trained samples, and those of them below their window mean.
@@ -200,6 +203,8 @@ class RePB(PruningCallback):
         self.trained[indices] = True  # harvested indices are distinct
         self.below.zero_()
         self.below[indices] = below_window_mean(harvest.losses, harvest.steps.to(torch.int64), window)
+        if self.epochs_counted >= torch.iinfo(self.train_counts.dtype).max:
+            self.train_counts = self.train_counts.to(torch.int32)
         self.train_counts += self.trained
         self.epochs_counted += 1
 
