@@ -160,7 +160,8 @@ class OrderDP(PruningCallback):
         return orderdp_surrogate_weights(self.num_samples, self.candidates, self.budget_size)
 
     def reset(self, num_samples: int) -> None:
-        # +inf: every sample is trained once before any is ranked below a seen one.
+        # +inf: an unseen candidate ranks above every seen one (candidates are subsampled, so full coverage
+        # takes several epochs, not one).
         self.scores = torch.full((num_samples,), math.inf, dtype=torch.float32)
 
     def update(self, harvest: Harvest) -> None:
