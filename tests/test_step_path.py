@@ -24,7 +24,14 @@ from lightning_pruning import InfoBatch, RandomPruning, pruning_loss
 from lightning_pruning.data.sampler import SubsetSampler
 from lightning_pruning.loss import CALLBACK_ATTRIBUTE
 from lightning_pruning.methods import RCAP, Harvest, PruningCallback
-from lightning_pruning.methods.state_codec import decode, encode, pack_bits, unpack_bits
+from lightning_pruning.methods.state_codec import (
+    decode,
+    decode_indices,
+    encode,
+    encode_indices,
+    pack_bits,
+    unpack_bits,
+)
 
 # ----------------------------------------------------------------------------------------------------
 # Recording synchronising calls.
@@ -281,6 +288,32 @@ def test_encoded_state_round_trips_exactly_through_a_weights_only_load(
     restored = decode(torch.load(buffer, weights_only=True)["v"])
     assert restored.dtype == value.dtype and restored.shape == value.shape
     assert torch.equal(restored, value)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    num_samples=st.integers(1, 3000),
+    fraction=st.floats(0.0, 1.0),
+    arrangement=st.sampled_from(["ascending", "random", "duplicates"]),
+    dtype=st.sampled_from([torch.int32, torch.int64]),
+)
+def test_subsets_round_trip_with_their_order(num_samples: int, fraction: float, arrangement: str, dtype: Any) -> None:
+    generator = torch.Generator().manual_seed(num_samples)
+    size = round(fraction * num_samples)
+    subset = torch.randperm(num_samples, generator=generator)[:size]
+    if arrangement == "ascending":
+        subset = subset.sort().values
+    elif arrangement == "duplicates" and size:
+        subset = torch.cat([subset, subset[:1]]).sort().values
+    subset = subset.to(dtype)
+    encoded = encode_indices(subset, num_samples)
+    buffer = io.BytesIO()
+    torch.save(encoded, buffer)
+    buffer.seek(0)
+    restored = decode_indices(torch.load(buffer, weights_only=True))
+    assert restored.dtype == subset.dtype and torch.equal(restored, subset)
+    if arrangement == "ascending" and size >= 64 and num_samples // 8 < size * subset.element_size():
+        assert isinstance(encoded, dict) and "mask" in encoded  # stored as bits
 
 
 def hand_driven(method: PruningCallback, num_samples: int) -> PruningCallback:

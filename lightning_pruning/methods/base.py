@@ -31,7 +31,7 @@ from lightning_pruning.data.loader_state import trained_batches
 from lightning_pruning.loss import CALLBACK_ATTRIBUTE, PER_SAMPLE_LOSS_KEY
 from lightning_pruning.methods.epoch_log import LogIntervalNotice, log_epoch_values
 from lightning_pruning.methods.harvest import EpochBuffer, check_finite
-from lightning_pruning.methods.state_codec import decode, encode
+from lightning_pruning.methods.state_codec import decode, decode_indices, encode, encode_indices
 from lightning_pruning.selection import ClassLayout, make_generator
 
 # Stream id of a method's decision generator (the sampler's shuffle uses another stream).
@@ -554,7 +554,7 @@ class PruningCallback(Callback):
             "num_samples": self.num_samples,
             "decided_epoch": self._decided_epoch,
             "harvest_epoch": self._harvest_epoch,
-            "subset": encode(self._subset),
+            "subset": encode_indices(self._subset, self.num_samples),
             "subset_in_random_order": self._subset_in_random_order,
             "weights": None if self._weights is None else encode(self._weights, table=True),
             "kept_counts": list(self._kept_counts),
@@ -575,7 +575,7 @@ class PruningCallback(Callback):
         self._decided_epoch = state_dict["decided_epoch"]
         self._harvest_epoch = state_dict["harvest_epoch"]
         # Version 2 checkpoints hold plain int64/float32 tensors, which decode() returns unchanged.
-        subset = decode(state_dict["subset"])
+        subset = decode_indices(state_dict["subset"])
         self._subset = subset.to(torch.int32) if self.num_samples < 2**31 else subset.to(torch.int64)
         self._weights = decode(state_dict["weights"])
         self._subset_in_random_order = bool(state_dict.get("subset_in_random_order", False))

@@ -87,3 +87,25 @@ def decode(value: Any) -> Any:
     else:
         flat = value["values"]
     return flat.to(dtype).reshape(shape)
+
+
+def encode_indices(indices: Tensor, num_samples: int) -> Any:
+    """A compact form of a subset of ``[0, num_samples)``: a bit mask when the indices are strictly ascending
+    (their order then follows from the mask) and a mask is smaller than the narrowed indices, else
+    :func:`encode`'d indices. Lossless: :func:`decode_indices` returns the same tensor, order included."""
+    size = indices.numel()
+    if size >= _MIN_ENTRIES and indices.ndim == 1 and num_samples // 8 < size * indices.element_size():
+        flat = indices.detach().cpu()
+        if bool((flat[1:] > flat[:-1]).all()) and int(flat[0]) >= 0 and int(flat[-1]) < num_samples:
+            mask = torch.zeros(num_samples, dtype=torch.bool)
+            mask[flat.long()] = True
+            return {_MARK: 1, "dtype": _dtype_name(indices.dtype), "num_samples": num_samples, "mask": pack_bits(mask)}
+    return encode(indices)
+
+
+def decode_indices(value: Any) -> Any:
+    """Inverse of :func:`encode_indices` (plain tensors are returned unchanged)."""
+    if isinstance(value, dict) and value.get(_MARK) == 1 and "mask" in value:
+        mask = unpack_bits(value["mask"], int(value["num_samples"]))
+        return mask.nonzero().squeeze(1).to(getattr(torch, value["dtype"]))
+    return decode(value)
