@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
 from lightning_pruning import InfoBatch, RandomPruning, pruning_loss
-from lightning_pruning.data.sampler import SubsetSampler
+from lightning_pruning.data.sampler import SHUFFLE_STREAM, SubsetSampler
 from lightning_pruning.loss import CALLBACK_ATTRIBUTE
 from lightning_pruning.methods import RCAP, Harvest, PruningCallback
 from lightning_pruning.methods.state_codec import (
@@ -32,6 +32,7 @@ from lightning_pruning.methods.state_codec import (
     pack_bits,
     unpack_bits,
 )
+from lightning_pruning.selection import make_generator
 
 # ----------------------------------------------------------------------------------------------------
 # Recording synchronising calls.
@@ -406,9 +407,11 @@ def test_rank_positions_point_at_the_served_indices(
             subset, epoch=3, seed=5, num_replicas=world, rank=rank, shuffle=shuffle, in_random_order=in_random_order
         )
         positions = sampler.rank_positions
-        assert positions is not None
-        assert torch.equal(subset[positions], sampler.rank_order)
-        assert torch.equal(weights[positions], dense[sampler.rank_order.long()])
+        # Tracked unless the subset is shuffled in place (weights are then looked up by index).
+        assert (positions is None) == (shuffle and not in_random_order and size > 1)
+        if positions is not None:
+            assert torch.equal(subset[positions], sampler.rank_order)
+            assert torch.equal(weights[positions], dense[sampler.rank_order.long()])
         assert list(sampler) == sampler.rank_order.tolist()
     # Resumed after some batches, possibly on another world size.
     batches = min(resume_at, -(-size // world) // 2)
@@ -419,7 +422,7 @@ def test_rank_positions_point_at_the_served_indices(
         if state["position"] > 0:
             resumed.resume(state, 1)
         positions = resumed.rank_positions
-        assert positions is not None and torch.equal(subset[positions], resumed.rank_order)
+        assert positions is None or torch.equal(subset[positions], resumed.rank_order)
 
 
 def test_a_subset_in_random_order_is_served_as_it_is_and_otherwise_shuffled() -> None:
@@ -455,3 +458,33 @@ def test_large_epochs_are_handed_out_a_chunk_at_a_time() -> None:
     first = [next(iterator) for _ in range(3)]
     assert first == sampler.rank_order[:3].tolist()
     assert first + list(iterator) == sampler.rank_order.tolist()
+
+
+def test_the_in_place_shuffle_is_a_pure_function_of_subset_epoch_and_seed() -> None:
+    subset = torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:3000].sort().values.to(torch.int32)
+    first = SubsetSampler(subset, epoch=4, seed=9).rank_order
+    assert torch.equal(first, SubsetSampler(subset.clone(), epoch=4, seed=9).rank_order)
+    assert torch.equal(first.sort().values, subset)
+    assert not torch.equal(first, SubsetSampler(subset, epoch=5, seed=9).rank_order)
+    assert not torch.equal(first, SubsetSampler(subset, epoch=4, seed=8).rank_order)
+    assert torch.equal(subset, SubsetSampler(subset, epoch=4, seed=9).subset)  # the subset itself is not touched
+
+
+def test_a_mid_epoch_position_saved_before_the_in_place_shuffle_resumes_in_its_own_order() -> None:
+    """Loader states without the "shuffle" key were saved by the randperm-and-gather shuffle: the resumed rest of
+    the epoch must be that order's rest, or the harvest would pair losses with the wrong samples."""
+    subset = torch.randperm(400, generator=torch.Generator().manual_seed(2))[:150]
+    generator = make_generator(7, 3, SHUFFLE_STREAM)
+    legacy_order = subset[torch.randperm(150, generator=generator)]
+    sampler = SubsetSampler(subset, epoch=3, seed=7)
+    state = sampler.position_state(4, 10)
+    assert state["shuffle"] == "pcg64"
+    del state["shuffle"]
+    resumed = SubsetSampler(subset, epoch=3, seed=7)
+    resumed.resume(state, 10)
+    assert torch.equal(resumed.rank_order.long(), legacy_order[40:])
+    positions = resumed.rank_positions
+    assert positions is not None and torch.equal(subset[positions], legacy_order[40:])
+    current = SubsetSampler(subset, epoch=3, seed=7)
+    current.resume(sampler.position_state(4, 10), 10)
+    assert torch.equal(current.rank_order, sampler.rank_order[40:])

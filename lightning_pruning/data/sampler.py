@@ -5,16 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from lightning_pruning.selection import make_generator
+from lightning_pruning.selection import derive_seed, make_generator
 
 # Stream id of the sampler's shuffle; methods use other streams of the same (seed, epoch).
 SHUFFLE_STREAM = 1
 # Indices converted to Python ints at a time while the loader iterates.
 _CHUNK = 4096
+# How the epoch order is shuffled: "pcg64" shuffles the subset in place (one pass, numpy's PCG64 seeded from
+# (seed, epoch)); "torch" gathers through torch.randperm (two passes; checkpoints saved mid-epoch before the
+# "shuffle" key existed resume with it, so their order is the one they were trained in).
+_SHUFFLE = "pcg64"
+_LEGACY_SHUFFLE = "torch"
 
 #: ``orderer(subset, generator) -> order``: a custom epoch order of the subset (a permutation of it).
 Orderer = Callable[[Tensor, torch.Generator], Tensor]
@@ -116,6 +122,7 @@ class SubsetSampler(DistributedSampler):
         self._permutation: Tensor | None = None
         self._permutation_known = True
         self._ordered: Tensor | None = None
+        self._shuffle_kind = _SHUFFLE
 
     def _epoch_order(self) -> Tensor:
         """The unpadded order of the whole epoch (before any resume); sets ``_permutation``, the subset positions
@@ -139,10 +146,19 @@ class SubsetSampler(DistributedSampler):
                     )
                 self._permutation_known = False
                 order = ordered.to(order.dtype)
-            else:
+            elif self._shuffle_kind == _LEGACY_SHUFFLE:
                 dtype = torch.int32 if order.numel() < 2**31 else torch.int64
                 self._permutation = torch.randperm(order.numel(), generator=generator, dtype=dtype)
                 order = order[self._permutation]
+            else:
+                # In place on a copy of the indices: no permutation to build and gather through (half the
+                # random memory traffic of randperm + gather); weights are then looked up by index.
+                shuffled = order.numpy().copy()
+                np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, SHUFFLE_STREAM))).shuffle(
+                    shuffled
+                )
+                order = torch.from_numpy(shuffled)
+                self._permutation_known = False
         self._ordered = order
         return order
 
@@ -178,7 +194,8 @@ class SubsetSampler(DistributedSampler):
     @property
     def rank_positions(self) -> Tensor | slice | None:
         """Positions in :attr:`subset` of the indices this rank yields, in order: a ``slice`` when the subset is
-        served in its own order, ``None`` when a custom ``orderer`` hides them."""
+        served in its own order, ``None`` when the shuffle or a custom ``orderer`` does not track them (look
+        values up by index instead)."""
         self._epoch_order()
         if not self._permutation_known:
             return None
@@ -205,6 +222,7 @@ class SubsetSampler(DistributedSampler):
             "position": position,
             "world_size": self.num_replicas,
             "subset_size": int(self.subset.numel()),
+            "shuffle": self._shuffle_kind,
             "subset_sum": int(self.subset.sum()),
         }
 
@@ -226,6 +244,10 @@ class SubsetSampler(DistributedSampler):
                 "save_weights_only=True). Resume with the same callback, or from an end-of-epoch checkpoint."
             )
         self._resumed_world = int(state["world_size"])
+        shuffle_kind = str(state.get("shuffle", _LEGACY_SHUFFLE))
+        if shuffle_kind != self._shuffle_kind:
+            self._shuffle_kind = shuffle_kind
+            self._ordered = None
         self.start = int(state["position"])
         self.skipped = int(state["batches"]) * batch_size
         self._global_order = None

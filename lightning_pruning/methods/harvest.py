@@ -61,10 +61,14 @@ class EpochBuffer:
         self.positions: Tensor | None = None
         if weights is not None:
             positions = sampler.rank_positions
-            if positions is None:  # a custom orderer: the positions are unknown, map through the indices
-                dense = torch.ones(int(sampler.subset.max()) + 1 if sampler.subset.numel() else 0)
-                dense[sampler.subset.long()] = weights.to(torch.float32)
-                self.weights = dense[sampler.rank_order.long()].to(device, non_blocking=True)
+            if positions is None:
+                # The order does not track subset positions (in-place shuffle, custom orderer): the weights are
+                # looked up by dataset index, per batch, in a dense table over the subset's index range.
+                subset = sampler.subset
+                dense = torch.ones(int(subset.max()) + 1 if subset.numel() else 0)
+                dense[subset] = weights.to(torch.float32)
+                self.weights = dense.to(device, non_blocking=True)
+                self.positions = sampler.rank_order.to(device, non_blocking=True)
             elif isinstance(positions, slice):
                 self.weights = weights[positions].to(device, non_blocking=True)
             else:
