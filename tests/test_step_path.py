@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor
 
 from lightning_pruning import InfoBatch, RandomPruning, pruning_loss
+from lightning_pruning.data import sampler as sampler_module
 from lightning_pruning.data.sampler import SHUFFLE_STREAM, SubsetSampler
 from lightning_pruning.loss import CALLBACK_ATTRIBUTE
 from lightning_pruning.methods import RCAP, Harvest, PruningCallback
@@ -407,8 +408,7 @@ def test_rank_positions_point_at_the_served_indices(
             subset, epoch=3, seed=5, num_replicas=world, rank=rank, shuffle=shuffle, in_random_order=in_random_order
         )
         positions = sampler.rank_positions
-        # Tracked unless the subset is shuffled in place (weights are then looked up by index).
-        assert (positions is None) == (shuffle and not in_random_order and size > 1)
+        assert positions is not None  # small subsets: randperm + gather, positions tracked
         if positions is not None:
             assert torch.equal(subset[positions], sampler.rank_order)
             assert torch.equal(weights[positions], dense[sampler.rank_order.long()])
@@ -460,8 +460,11 @@ def test_large_epochs_are_handed_out_a_chunk_at_a_time() -> None:
     assert first + list(iterator) == sampler.rank_order.tolist()
 
 
-def test_the_in_place_shuffle_is_a_pure_function_of_subset_epoch_and_seed() -> None:
+def test_the_in_place_shuffle_is_a_pure_function_of_subset_epoch_and_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 1000)  # the in-place path at a test's size
     subset = torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:3000].sort().values.to(torch.int32)
+    assert SubsetSampler(subset, epoch=4, seed=9).rank_positions is None  # shuffled in place: look up by index
+    assert SubsetSampler(subset[:999], epoch=4, seed=9).rank_positions is not None
     first = SubsetSampler(subset, epoch=4, seed=9).rank_order
     assert torch.equal(first, SubsetSampler(subset.clone(), epoch=4, seed=9).rank_order)
     assert torch.equal(first.sort().values, subset)
@@ -470,9 +473,12 @@ def test_the_in_place_shuffle_is_a_pure_function_of_subset_epoch_and_seed() -> N
     assert torch.equal(subset, SubsetSampler(subset, epoch=4, seed=9).subset)  # the subset itself is not touched
 
 
-def test_a_mid_epoch_position_saved_before_the_in_place_shuffle_resumes_in_its_own_order() -> None:
+def test_a_mid_epoch_position_saved_before_the_in_place_shuffle_resumes_in_its_own_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Loader states without the "shuffle" key were saved by the randperm-and-gather shuffle: the resumed rest of
     the epoch must be that order's rest, or the harvest would pair losses with the wrong samples."""
+    monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 100)
     subset = torch.randperm(400, generator=torch.Generator().manual_seed(2))[:150]
     generator = make_generator(7, 3, SHUFFLE_STREAM)
     legacy_order = subset[torch.randperm(150, generator=generator)]
@@ -488,3 +494,26 @@ def test_a_mid_epoch_position_saved_before_the_in_place_shuffle_resumes_in_its_o
     current = SubsetSampler(subset, epoch=3, seed=7)
     current.resume(sampler.position_state(4, 10), 10)
     assert torch.equal(current.rank_order, sampler.rank_order[40:])
+
+
+def test_weights_follow_the_in_place_shuffle_through_a_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """InfoBatch's weights reach the loss by index when the subset is shuffled in place (checked every step)."""
+    monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 8)
+    callback = InfoBatch(prune_ratio=0.5, seed=0)
+    seen: list[bool] = []
+
+    class Check(ToyModel):
+        def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+            x, y = batch
+            losses = F.cross_entropy(self(x), y, reduction="none")
+            out = pruning_loss(self, losses)
+            indices = self.trainer.datamodule.batch_indices(batch_idx).long()
+            weights = torch.ones(96)
+            if callback._weights is not None:
+                weights[callback.current_subset.long()] = callback._weights
+            torch.testing.assert_close(out["loss"], (losses * weights[indices]).mean())
+            seen.append(self.trainer.datamodule.train_sampler.rank_positions is None)
+            return out
+
+    pl.Trainer(callbacks=[callback], **trainer_kwargs(max_epochs=4)).fit(Check(), datamodule=toy_datamodule())
+    assert all(seen) and any(record.get("max_weight", 1.0) > 1.0 for record in callback.history)

@@ -16,11 +16,14 @@ from lightning_pruning.selection import derive_seed, make_generator
 SHUFFLE_STREAM = 1
 # Indices converted to Python ints at a time while the loader iterates.
 _CHUNK = 4096
-# How the epoch order is shuffled: "pcg64" shuffles the subset in place (one pass, numpy's PCG64 seeded from
-# (seed, epoch)); "torch" gathers through torch.randperm (two passes; checkpoints saved mid-epoch before the
-# "shuffle" key existed resume with it, so their order is the one they were trained in).
+# How the epoch order is shuffled. "pcg64": a subset of at least _IN_PLACE_FROM indices is shuffled in place
+# (numpy's PCG64 seeded from (seed, epoch)): one pass over memory instead of torch.randperm plus a gather, which
+# is what costs at that size (cache misses); smaller subsets, which fit in cache, take the randperm + gather
+# path, faster there. "torch": always randperm + gather; loader states saved mid-epoch before the "shuffle" key
+# existed resume with it, so the rest of their epoch is the order they were trained in.
 _SHUFFLE = "pcg64"
 _LEGACY_SHUFFLE = "torch"
+_IN_PLACE_FROM = 1 << 21
 
 #: ``orderer(subset, generator) -> order``: a custom epoch order of the subset (a permutation of it).
 Orderer = Callable[[Tensor, torch.Generator], Tensor]
@@ -146,7 +149,7 @@ class SubsetSampler(DistributedSampler):
                     )
                 self._permutation_known = False
                 order = ordered.to(order.dtype)
-            elif self._shuffle_kind == _LEGACY_SHUFFLE:
+            elif self._shuffle_kind == _LEGACY_SHUFFLE or order.numel() < _IN_PLACE_FROM:
                 dtype = torch.int32 if order.numel() < 2**31 else torch.int64
                 self._permutation = torch.randperm(order.numel(), generator=generator, dtype=dtype)
                 order = order[self._permutation]
