@@ -86,13 +86,23 @@ def prepared_method(name: str, num_samples: int, num_classes: int, seed: int = 0
 
 
 def run_pipeline(method: PruningCallback, epoch: int) -> int:
-    """One pruned epoch's work before its first step: decision, the sampler's order, dense weights."""
-    selection = method.decide(epoch)
-    subset = selection.indices.to(torch.int64)
-    order = SubsetSampler(subset, epoch=epoch, seed=0).rank_order
-    if selection.weights is not None:
-        dense = torch.ones(method.num_samples)
-        dense[subset] = selection.weights.to(torch.float32)
+    """One pruned epoch's work before its first step, as in a fit: the decision (stored by the base as in
+    ``subset_for_epoch``), the sampler's epoch order, the epoch's loss buffer and weights, the first batch."""
+    from lightning_pruning.methods.harvest import EpochBuffer
+
+    subset = method.subset_for_epoch(SimpleNamespace(ckpt_path=None), epoch)  # type: ignore[arg-type]
+    sampler = SubsetSampler(subset, epoch=epoch, seed=0, in_random_order=method.subset_in_random_order)
+    order = sampler.rank_order
+    EpochBuffer(
+        epoch=epoch,
+        sampler=sampler,
+        batch_size=128,
+        device=torch.device("cpu"),
+        weights=method._weights,
+        prefix=None,
+        last_batch_idx=0,
+    )
+    next(iter(sampler))
     return int(order.numel())
 
 

@@ -5,21 +5,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
-import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
     from lightning_pruning.methods.base import PruningCallback
 
 PER_SAMPLE_LOSS_KEY = "per_sample_loss"
+#: Attribute of the Trainer holding the fit's pruning callback (set in its ``setup``, cleared at teardown).
+CALLBACK_ATTRIBUTE = "_lightning_pruning_callback"
 
 
 def check_per_sample_losses(losses: Tensor) -> None:
     """Validates a per-sample loss vector.
 
+    Only Python-level properties (type, ``ndim``) are checked, so this never waits for the device; NaN/inf
+    values are found once per epoch by the pruning callback when it harvests the losses.
+
     Raises:
         TypeError: if ``losses`` is not a tensor.
-        ValueError: for a scalar or multi-dimensional loss, or NaN / infinite values.
+        ValueError: for a scalar or multi-dimensional loss.
     """
     if not isinstance(losses, Tensor):
         raise TypeError(f"pruning_loss expects a tensor of per-sample losses, got {type(losses).__name__}.")
@@ -31,18 +35,10 @@ def check_per_sample_losses(losses: Tensor) -> None:
             "losses.flatten(1).mean(1)"
         )
         raise ValueError(f"pruning_loss needs one loss per sample (shape (batch,)); {hint}.")
-    # One device sync per step; a NaN would otherwise silently poison the score tables.
-    if not bool(torch.isfinite(losses).all()):
-        bad = int((~torch.isfinite(losses)).sum())
-        raise ValueError(
-            f"pruning_loss received {bad} NaN/inf per-sample losses out of {losses.numel()}. Pruning scores "
-            "samples by their loss, so training cannot go on: lower the learning rate, clip gradients, or "
-            "check the inputs (Trainer(detect_anomaly=True) finds the operation)."
-        )
 
 
 def find_pruning_callback(trainer: pl.Trainer | None) -> PruningCallback | None:
-    """The pruning callback attached to ``trainer``, if any."""
+    """The pruning callback attached to ``trainer``, if any (scans ``trainer.callbacks``)."""
     if trainer is None:
         return None
     from lightning_pruning.methods.base import PruningCallback
@@ -66,6 +62,11 @@ def pruning_loss(module: pl.LightningModule, losses: Tensor) -> dict[str, Tensor
     the detached losses are handed to the callback, which scores the samples with them. Without a
     pruning callback ``"loss"`` is exactly ``losses.mean()``, so one LightningModule serves both runs.
 
+    Nothing here waits for the device (no ``.item()``, ``bool()``, ``.cpu()``): the callback checks the
+    harvested losses for NaN/inf once per epoch, before any decision uses them, and names the epoch and the
+    first offending batch. Without a pruning callback there is no NaN check (use
+    ``Trainer(detect_anomaly=True)`` for that).
+
     Args:
         module: the LightningModule (``self`` inside ``training_step``).
         losses: per-sample losses of the batch, shape ``(batch,)``, not reduced.
@@ -74,11 +75,13 @@ def pruning_loss(module: pl.LightningModule, losses: Tensor) -> dict[str, Tensor
         ``{"loss": weighted mean, "per_sample_loss": losses.detach()}``.
 
     Raises:
-        ValueError: for a scalar loss, a wrong length, or NaN/inf losses.
+        ValueError: for a scalar or multi-dimensional loss, or a length other than the batch's.
     """
-    check_per_sample_losses(losses)
+    if not isinstance(losses, Tensor) or losses.ndim != 1:
+        check_per_sample_losses(losses)  # raises with the fix
     trainer = module._trainer if isinstance(module, pl.LightningModule) else None
-    callback = find_pruning_callback(trainer)
+    # Resolved once per fit by the callback's setup (no scan of trainer.callbacks per step).
+    callback: PruningCallback | None = getattr(trainer, CALLBACK_ATTRIBUTE, None)
     if callback is None or not trainer.training:  # type: ignore[union-attr]
         loss = losses.mean()
     else:

@@ -311,11 +311,15 @@ class PruningDataModule(pl.LightningDataModule):
         trainer = self.trainer
         epoch = trainer.current_epoch if trainer is not None else 0
         provider = find_subset_provider(trainer)
+        in_random_order = False
         if provider is not None:
             assert trainer is not None
             subset = provider.subset_for_epoch(trainer, epoch)
+            # A method whose decision already drew the subset in uniformly random order says so: no re-shuffle.
+            in_random_order = bool(getattr(provider, "subset_in_random_order", False))
         else:
-            subset = torch.arange(self.num_train_samples)
+            num_samples = self.num_train_samples
+            subset = torch.arange(num_samples, dtype=torch.int32 if num_samples < 2**31 else torch.int64)
         seed = 0 if self.seed is None else self.seed
         num_replicas = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
@@ -334,11 +338,12 @@ class PruningDataModule(pl.LightningDataModule):
                 rank=rank,
                 shuffle=self.shuffle,
                 orderer=self.orderer,
+                in_random_order=in_random_order,
             )
             self.train_sampler = sampler
             self._train_loader = None
         else:
-            sampler.set_subset(subset, epoch=epoch, seed=seed, orderer=self.orderer)
+            sampler.set_subset(subset, epoch=epoch, seed=seed, orderer=self.orderer, in_random_order=in_random_order)
         loader = self._train_loader
         if loader is not None and (loader.batch_size != self.batch_size or loader.drop_last != self.drop_last):
             # batch_size changed since the loader was built (Tuner.scale_batch_size, or by hand): rebuild it.

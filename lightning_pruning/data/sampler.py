@@ -5,14 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DistributedSampler
 
-from lightning_pruning.selection import make_generator
+from lightning_pruning.selection import derive_seed, make_generator
 
 # Stream id of the sampler's shuffle; methods use other streams of the same (seed, epoch).
 SHUFFLE_STREAM = 1
+# Indices converted to Python ints at a time while the loader iterates.
+_CHUNK = 4096
+# How the epoch order is shuffled. "pcg64": a subset of at least _IN_PLACE_FROM indices is shuffled in place
+# (numpy's PCG64 seeded from (seed, epoch)): one pass over memory instead of torch.randperm plus a gather, which
+# is what costs at that size (cache misses); smaller subsets, which fit in cache, take the randperm + gather
+# path, faster there. "torch": always randperm + gather; loader states saved mid-epoch before the "shuffle" key
+# existed resume with it, so the rest of their epoch is the order they were trained in.
+_SHUFFLE = "pcg64"
+_LEGACY_SHUFFLE = "torch"
+_IN_PLACE_FROM = 1 << 21
 
 #: ``orderer(subset, generator) -> order``: a custom epoch order of the subset (a permutation of it).
 Orderer = Callable[[Tensor, torch.Generator], Tensor]
@@ -45,7 +56,7 @@ class SubsetSampler(DistributedSampler):
     is part of the sampler's construction.
 
     Args:
-        subset: int64 dataset indices trained this epoch (duplicates allowed).
+        subset: int64 (or int32) dataset indices trained this epoch (duplicates allowed).
         epoch: the epoch this subset belongs to.
         seed: seed of the shuffle, identical on every rank.
         num_replicas: number of processes (the DDP world size).
@@ -53,6 +64,8 @@ class SubsetSampler(DistributedSampler):
         shuffle: whether to shuffle the subset; ``False`` serves it in index order.
         orderer: optional ``orderer(subset, generator)`` giving the epoch order when ``shuffle`` is on, instead
             of a uniform shuffle; it must be a pure function of its arguments (resume and DDP rely on it).
+        in_random_order: the subset is already in uniformly random order drawn from ``(seed, epoch)`` (see
+            :meth:`set_subset`); with ``shuffle`` on and no ``orderer`` it is served as it is.
     """
 
     def __init__(
@@ -65,6 +78,7 @@ class SubsetSampler(DistributedSampler):
         rank: int = 0,
         shuffle: bool = True,
         orderer: Orderer | None = None,
+        in_random_order: bool = False,
     ) -> None:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
@@ -74,14 +88,31 @@ class SubsetSampler(DistributedSampler):
         self.rank = rank
         self.shuffle = shuffle
         self.drop_last = False
-        self.set_subset(subset, epoch=epoch, seed=seed, orderer=orderer)
+        self.set_subset(subset, epoch=epoch, seed=seed, orderer=orderer, in_random_order=in_random_order)
 
-    def set_subset(self, subset: Tensor, *, epoch: int, seed: int, orderer: Orderer | None = None) -> None:
-        """Points the sampler at a new epoch's subset (the DataLoader, and its workers, are reused)."""
-        self.subset = subset.to(torch.int64).cpu()
+    def set_subset(
+        self,
+        subset: Tensor,
+        *,
+        epoch: int,
+        seed: int,
+        orderer: Orderer | None = None,
+        in_random_order: bool = False,
+    ) -> None:
+        """Points the sampler at a new epoch's subset (the DataLoader, and its workers, are reused).
+
+        ``in_random_order`` says the subset is already in uniformly random order, drawn from the method's own
+        ``(seed, epoch)`` generator (Random*'s prefix of a permutation): it is served as it is instead of being
+        shuffled again, which keeps the order a pure function of ``(subset, epoch, seed)``.
+        """
+        # int32 while it holds every index: half the memory traffic of the shuffle and the gathers.
+        if subset.dtype not in (torch.int32, torch.int64):
+            subset = subset.to(torch.int64)
+        self.subset = subset.cpu()
         self.epoch = epoch
         self.seed = seed
         self.orderer = orderer
+        self.in_random_order = in_random_order
         self.num_samples = -(-self.subset.numel() // self.num_replicas)
         self.total_size = self.num_samples * self.num_replicas
         #: Global positions of the epoch order trained before this run resumed (0 on a fresh epoch).
@@ -91,24 +122,56 @@ class SubsetSampler(DistributedSampler):
         self._resumed_world = self.num_replicas
         self._global_order: Tensor | None = None
         self._rank_order: Tensor | None = None
+        self._permutation: Tensor | None = None
+        self._permutation_known = True
+        self._ordered: Tensor | None = None
+        self._shuffle_kind = _SHUFFLE
 
     def _epoch_order(self) -> Tensor:
-        """The unpadded order of the whole epoch (before any resume)."""
+        """The unpadded order of the whole epoch (before any resume); sets ``_permutation``, the subset positions
+        in that order (``None``: the subset's own order)."""
+        if self._ordered is not None:
+            return self._ordered
         order = self.subset
+        self._permutation = None
+        self._permutation_known = True
         if not self.shuffle:
-            return torch.sort(order).values
-        if order.numel() > 1:
+            if order.numel() > 1:
+                order, self._permutation = torch.sort(order, stable=True)
+        elif order.numel() > 1 and not (self.in_random_order and self.orderer is None):
             generator = make_generator(self.seed, self.epoch, SHUFFLE_STREAM)
             if self.orderer is not None:
-                ordered = self.orderer(order, generator)
+                ordered = self.orderer(order.to(torch.int64), generator)
                 if ordered.shape != order.shape:
                     raise ValueError(
                         f"the sampler's orderer returned {tuple(ordered.shape)} indices for a subset of "
                         f"{order.numel()}; it must return a permutation of the subset."
                     )
-                return ordered.to(torch.int64)
-            order = order[torch.randperm(order.numel(), generator=generator)]
+                self._permutation_known = False
+                order = ordered.to(order.dtype)
+            elif self._shuffle_kind == _LEGACY_SHUFFLE or order.numel() < _IN_PLACE_FROM:
+                dtype = torch.int32 if order.numel() < 2**31 else torch.int64
+                self._permutation = torch.randperm(order.numel(), generator=generator, dtype=dtype)
+                order = order[self._permutation]
+            else:
+                # In place on a copy of the indices: no permutation to build and gather through (half the
+                # random memory traffic of randperm + gather); weights are then looked up by index.
+                shuffled = order.numpy().copy()
+                np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, SHUFFLE_STREAM))).shuffle(
+                    shuffled
+                )
+                order = torch.from_numpy(shuffled)
+                self._permutation_known = False
+        self._ordered = order
         return order
+
+    def _arrange(self, sequence: Tensor) -> Tensor:
+        """Pads an epoch-ordered ``sequence`` and applies the resume's re-sharding, as :attr:`global_order`."""
+        if self.start == 0:
+            return _pad(sequence, self.num_replicas)
+        if self._resumed_world == self.num_replicas:
+            return _pad(sequence, self._resumed_world)  # the same padding as the uninterrupted run
+        return torch.cat([sequence[: self.start], _pad(sequence[self.start :], self.num_replicas)])
 
     @property
     def global_order(self) -> Tensor:
@@ -116,23 +179,35 @@ class SubsetSampler(DistributedSampler):
         the rest, padded to a multiple of the world size; rank ``r`` yields positions
         ``start + r, start + r + R, ...``."""
         if self._global_order is None:
-            order = self._epoch_order()
-            if self.start == 0:
-                self._global_order = _pad(order, self.num_replicas)
-            else:
-                padded = _pad(order, self._resumed_world)
-                if self._resumed_world == self.num_replicas:
-                    self._global_order = padded  # the same padding as the uninterrupted run
-                else:
-                    self._global_order = torch.cat([order[: self.start], _pad(order[self.start :], self.num_replicas)])
+            self._global_order = self._arrange(self._epoch_order())
         return self._global_order
 
     @property
     def rank_order(self) -> Tensor:
-        """The indices this rank yields in this run, in order (int64)."""
+        """The indices this rank yields in this run, in order (int32 below 2**31 samples, else int64)."""
         if self._rank_order is None:
             self._rank_order = self.global_order[self.start + self.rank :: self.num_replicas].contiguous()
         return self._rank_order
+
+    @property
+    def rank_size(self) -> int:
+        """How many indices this rank yields in this run."""
+        return int(self.rank_order.numel())
+
+    @property
+    def rank_positions(self) -> Tensor | slice | None:
+        """Positions in :attr:`subset` of the indices this rank yields, in order: a ``slice`` when the subset is
+        served in its own order, ``None`` when the shuffle or a custom ``orderer`` does not track them (look
+        values up by index instead)."""
+        self._epoch_order()
+        if not self._permutation_known:
+            return None
+        size = self.subset.numel()
+        if self._permutation is None and self.start == 0 and size % self.num_replicas == 0:
+            return slice(self.rank, size, self.num_replicas)
+        permutation = self._permutation if self._permutation is not None else torch.arange(size)
+        arranged = self._arrange(permutation)
+        return arranged[self.start + self.rank :: self.num_replicas]
 
     def global_positions(self, local: Tensor) -> Tensor:
         """Positions in :attr:`global_order` of this rank's ``local`` positions (counted from ``skipped``)."""
@@ -150,6 +225,7 @@ class SubsetSampler(DistributedSampler):
             "position": position,
             "world_size": self.num_replicas,
             "subset_size": int(self.subset.numel()),
+            "shuffle": self._shuffle_kind,
             "subset_sum": int(self.subset.sum()),
         }
 
@@ -171,6 +247,10 @@ class SubsetSampler(DistributedSampler):
                 "save_weights_only=True). Resume with the same callback, or from an end-of-epoch checkpoint."
             )
         self._resumed_world = int(state["world_size"])
+        shuffle_kind = str(state.get("shuffle", _LEGACY_SHUFFLE))
+        if shuffle_kind != self._shuffle_kind:
+            self._shuffle_kind = shuffle_kind
+            self._ordered = None
         self.start = int(state["position"])
         self.skipped = int(state["batches"]) * batch_size
         self._global_order = None
@@ -178,7 +258,10 @@ class SubsetSampler(DistributedSampler):
 
     # ----------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[int]:
-        return iter(self.rank_order.tolist())
+        # Converted to Python ints a chunk at a time: no list of the whole epoch at its start.
+        order = self.rank_order
+        for begin in range(0, order.numel(), _CHUNK):
+            yield from order[begin : begin + _CHUNK].tolist()
 
     def __len__(self) -> int:
         # A resumed epoch counts its trained part, so len(loader) is what Lightning's restored batch counter

@@ -15,7 +15,6 @@ state in checkpoints, and logs what happened.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -29,13 +28,16 @@ from torch import Tensor
 from lightning_pruning.data.datamodule import PruningDataModule, find_subset_provider
 from lightning_pruning.data.labels import contiguous_labels
 from lightning_pruning.data.loader_state import restart_after_epoch_end, trained_batches
-from lightning_pruning.data.sampler import SubsetSampler
-from lightning_pruning.loss import PER_SAMPLE_LOSS_KEY
+from lightning_pruning.loss import CALLBACK_ATTRIBUTE, PER_SAMPLE_LOSS_KEY
+from lightning_pruning.methods.epoch_log import LogIntervalNotice, log_epoch_values
+from lightning_pruning.methods.harvest import EpochBuffer, check_finite
+from lightning_pruning.methods.state_codec import decode, decode_indices, encode, encode_indices
 from lightning_pruning.selection import ClassLayout, make_generator
 
 # Stream id of a method's decision generator (the sampler's shuffle uses another stream).
 DECISION_STREAM = 0
-_STATE_VERSION = 2
+# 3: compact tensors (state_codec), the subset in int32 below 2**31 samples, and its random-order flag.
+_STATE_VERSION = 3
 # History entries known only once the epoch is trained; logged at epoch end.
 _LOGGED_AT_EPOCH_END = ("epoch", "trained_samples", "samples_trained", "saved_fraction")
 
@@ -72,11 +74,15 @@ class Selection:
         indices: int64 dataset indices to train (any order; the sampler shuffles).
         weights: optional float32 loss weight of each selected sample, aligned with ``indices``.
         stats: method-specific numbers to log for the epoch (plain floats).
+        in_random_order: ``indices`` are already in uniformly random order, drawn from the decision's generator
+            (e.g. a prefix of ``torch.randperm``): the sampler serves them in this order instead of shuffling
+            them again. The order stays a pure function of ``(seed, epoch)``, so resume and DDP are unaffected.
     """
 
     indices: Tensor
     weights: Tensor | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    in_random_order: bool = False
 
 
 class PruningCallback(Callback):
@@ -124,21 +130,20 @@ class PruningCallback(Callback):
         self._decided_epoch = -1
         self._subset = torch.empty(0, dtype=torch.int64)
         self._weights: Tensor | None = None
+        self._subset_in_random_order = False
         self._max_epochs: int | None = None
         self._restored = False
         self._harvest_epoch = -1
-        #: Seconds spent in the pruning logic (decisions, harvesting, synchronisation) in this process.
+        #: Seconds spent in the per-epoch pruning logic (decisions, the harvest gathered across ranks and folded
+        #: in) in this process; the per-step copies are not timed, to keep the step free of bookkeeping.
         self.overhead_seconds = 0.0
-        self._datamodule: PruningDataModule | None = None
-        self._pending_losses: Tensor | None = None
-        self._dense_weights: Tensor | None = None
-        self._sampler: SubsetSampler | None = None
+        #: The current epoch's step state (batch positions, weights, harvested losses); None between epochs.
+        self._epoch_buffer: EpochBuffer | None = None
         # A mid-epoch checkpoint's harvest so far: (epoch, losses and batch numbers of positions 0..P-1).
         self._restored_partial: tuple[int, Tensor, Tensor] | None = None
         self._fits = 0
         self._missing_state_cause: str | None = None
-        self._prefix: tuple[Tensor, Tensor] | None = None
-        self._clear_epoch_buffers()
+        self._log_interval = LogIntervalNotice()
 
     # ------------------------------------------------------------------------------------------------
     # What a method implements.
@@ -196,8 +201,14 @@ class PruningCallback(Callback):
 
     @property
     def current_subset(self) -> Tensor:
-        """Dataset indices of the latest decided epoch."""
+        """Dataset indices of the latest decided epoch (int32 below 2**31 samples, else int64)."""
         return self._subset
+
+    @property
+    def subset_in_random_order(self) -> bool:
+        """Whether the latest decided subset is already in uniformly random order (the DataModule then serves
+        it without another shuffle)."""
+        return self._subset_in_random_order
 
     def is_full_epoch(self, epoch: int) -> bool:
         """Whether ``epoch`` is a warm-up or annealing epoch (full data, weights 1)."""
@@ -297,6 +308,9 @@ class PruningCallback(Callback):
             )
         self._fits += 1
         self._missing_state_cause = None  # set again by on_load_checkpoint when this fit resumes
+        # pruning_loss reads the callback from here on every step instead of scanning trainer.callbacks.
+        setattr(trainer, CALLBACK_ATTRIBUTE, self)
+        self._log_interval.install()
         # Every fit resolves its own seed (a seed sweep reusing this callback must not freeze the first one); an
         # explicit seed stays, and a resumed run takes the checkpoint's (load_state_dict runs after setup).
         seed = self._requested_seed
@@ -353,7 +367,7 @@ class PruningCallback(Callback):
         self._kept_counts = []
         self._trained_counts = []
         self._restored_partial = None
-        self._clear_epoch_buffers()
+        self._epoch_buffer = None
         self._decided_epoch = -1
         self._restored = False
         self._harvest_epoch = -1
@@ -371,13 +385,15 @@ class PruningCallback(Callback):
                 "Pruning restarts from empty scores."
             )
             self._restored = True  # warn once
-        if self._harvest_epoch < epoch - 1 and self._pending_losses is not None:
+        if self._harvest_epoch < epoch - 1 and self._epoch_buffer is not None:
             self._flush(trainer)
         started = time.perf_counter()
         selection = self.decide(epoch)
         self.overhead_seconds += time.perf_counter() - started
-        self._subset = selection.indices.to(torch.int64)
+        # int32 while N < 2**31: half the memory traffic in the sampler's shuffle and gathers, half the checkpoint.
+        self._subset = selection.indices.to(torch.int32 if self.num_samples < 2**31 else torch.int64)
         self._weights = None if selection.weights is None else selection.weights.to(torch.float32)
+        self._subset_in_random_order = selection.in_random_order
         del self._kept_counts[epoch:]
         self._kept_counts.extend([self.num_samples] * (epoch - len(self._kept_counts)))  # epochs never decided
         self._kept_counts.append(int(self._subset.numel()))
@@ -437,83 +453,59 @@ class PruningCallback(Callback):
                 "callback's harvest come from different checkpoints or the loader was replaced; resume from a "
                 "checkpoint saved by this callback with PruningDataModule's own training loader."
             )
-        device = pl_module.device
-        self._datamodule = datamodule
-        self._sampler = sampler
-        self._prefix = None if sampler.start == 0 or partial is None else (partial[1], partial[2])
-        self._skipped = sampler.skipped
-        self._rank_order = sampler.rank_order.to(device, non_blocking=True)
-        self._pending_losses = torch.full((self._rank_order.numel(),), math.nan, device=device)
-        self._filled = 0
-        self._dense_weights = None
-        if self._weights is not None:
-            dense = torch.ones(self.num_samples)
-            dense[self._subset] = self._weights
-            self._dense_weights = dense.to(device, non_blocking=True)
-        self._batch_slice = slice(0, 0)
-        self._last_batch_idx = trainer.num_training_batches - 1
+        self._epoch_buffer = EpochBuffer(
+            epoch=epoch,
+            sampler=sampler,
+            batch_size=datamodule.batch_size,
+            device=pl_module.device,
+            weights=self._weights,
+            prefix=None if sampler.start == 0 or partial is None else (partial[1], partial[2]),
+            last_batch_idx=trainer.num_training_batches - 1,
+        )
+        self._log_interval.check(trainer, type(self).__name__)
         record = self.history[-1]
-        pl_module.log_dict(
-            {f"pruning/{name}": value for name, value in record.items() if name not in _LOGGED_AT_EPOCH_END},
-            on_step=False,
-            on_epoch=True,
-            # The values are identical on every rank. With rank_zero_only the "sync" is a no-op in Lightning;
-            # sync_dist=True only stops its advice to sync epoch-level values under DDP.
-            sync_dist=True,
-            rank_zero_only=True,
+        log_epoch_values(
+            trainer, {f"pruning/{name}": value for name, value in record.items() if name not in _LOGGED_AT_EPOCH_END}
         )
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self._pending_losses is None:
+        buffer = self._epoch_buffer
+        if buffer is None:
             self._start_epoch(trainer, pl_module)  # resumed mid-epoch, or at an epoch's first batch
-        assert self._datamodule is not None
-        batch_size = self._datamodule.batch_size
-        start = batch_idx * batch_size - self._skipped
-        stop = min(start + batch_size, self._rank_order.numel())
-        self._batch_slice = slice(start, stop)
+            buffer = self._epoch_buffer
+            assert buffer is not None
+        buffer.begin_batch(batch_idx)
 
     def weighted_mean(self, losses: Tensor) -> Tensor:
-        """The batch mean of the current batch's per-sample weights times ``losses``."""
-        expected = self._batch_slice.stop - self._batch_slice.start
-        if losses.numel() != expected:
-            raise ValueError(
-                f"pruning_loss got {losses.numel()} per-sample losses for a batch of {expected} samples. Return "
-                "one loss per sample of the batch, in batch order (a collate_fn must not drop or add samples)."
-            )
-        if self._dense_weights is None:
+        """The batch mean of the current batch's per-sample weights times ``losses`` (no host-device sync)."""
+        buffer = self._epoch_buffer
+        if buffer is None:
+            # The batch hooks are not running: Lightning's batch-size finder removes the callbacks for its trials.
             return losses.mean()
-        weights = self._dense_weights[self._rank_order[self._batch_slice]]
-        return (losses * weights.to(losses.dtype)).mean()
+        return buffer.weighted_mean(losses)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        started = time.perf_counter()
         per_sample = outputs.get(PER_SAMPLE_LOSS_KEY) if isinstance(outputs, dict) else None
         if per_sample is None:
             raise ValueError(
                 f"{type(self).__name__} needs the per-sample losses of every batch: end training_step with "
                 "`return lightning_pruning.pruning_loss(self, F.cross_entropy(logits, y, reduction='none'))`."
             )
-        batch_slice = self._batch_slice
-        if per_sample.numel() != batch_slice.stop - batch_slice.start:
-            raise ValueError(
-                f"training_step returned {per_sample.numel()} per-sample losses for a batch of "
-                f"{batch_slice.stop - batch_slice.start} samples."
-            )
-        pending = self._pending_losses
-        assert pending is not None, "on_train_epoch_start did not run for this epoch"
-        pending[batch_slice] = per_sample.detach().reshape(-1)  # the copy casts bf16/fp16 to float32
-        self._filled = batch_slice.stop
-        if batch_idx >= self._last_batch_idx:
+        buffer = self._epoch_buffer
+        assert buffer is not None, "on_train_epoch_start did not run for this epoch"
+        buffer.store(per_sample, type(self).__name__)
+        if batch_idx >= buffer.last_batch_idx:
             # Fold the epoch in now, before validation and any end-of-epoch checkpoint.
+            started = time.perf_counter()
             self._flush(trainer)
-        self.overhead_seconds += time.perf_counter() - started
+            self.overhead_seconds += time.perf_counter() - started
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._pending_losses is not None:
+        if self._epoch_buffer is not None:
             if epoch_cut_short(trainer):
                 # max_time / should_stop ended the epoch early: keep the harvest open, so a checkpoint saved now
                 # resumes the rest of the epoch (see on_save_checkpoint); teardown folds it in otherwise.
@@ -521,13 +513,7 @@ class PruningCallback(Callback):
             self._flush(trainer)
         record = self.history[-1] if self.history else {}
         if record.get("epoch") == trainer.current_epoch and "trained_samples" in record:
-            pl_module.log_dict(
-                {f"pruning/{name}": record[name] for name in _LOGGED_AT_EPOCH_END[1:]},
-                on_step=False,
-                on_epoch=True,
-                sync_dist=True,
-                rank_zero_only=True,
-            )
+            log_epoch_values(trainer, {f"pruning/{name}": record[name] for name in _LOGGED_AT_EPOCH_END[1:]})
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -537,14 +523,24 @@ class PruningCallback(Callback):
         state = checkpoint.get("callbacks", {}).get(self.state_key)
         if state is not None:
             state["partial"] = self._partial_harvest(trainer)
-            if self._pending_losses is not None and epoch_cut_short(trainer):
+            if self._epoch_buffer is not None and epoch_cut_short(trainer):
                 mark_mid_epoch(checkpoint)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # An epoch cut short by max_time / max_steps / should_stop stays open until every checkpoint of the run
         # (ModelCheckpoint(save_last=True) saves in on_train_end) is written; then its trained part counts.
-        if stage == "fit" and self._pending_losses is not None:
+        if stage == "fit" and self._epoch_buffer is not None:
             self._flush(trainer)
+        if stage == "fit":
+            self._end_fit(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._end_fit(trainer)
+
+    def _end_fit(self, trainer: pl.Trainer) -> None:
+        if getattr(trainer, CALLBACK_ATTRIBUTE, None) is self:
+            setattr(trainer, CALLBACK_ATTRIBUTE, None)
+        self._log_interval.remove()
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -555,15 +551,16 @@ class PruningCallback(Callback):
         method_state = {}
         for name in self.state_attributes:
             value = getattr(self, name)
-            method_state[name] = value.detach().cpu().clone() if isinstance(value, Tensor) else copy.deepcopy(value)
+            method_state[name] = encode(value) if isinstance(value, Tensor) else copy.deepcopy(value)
         return {
             "version": _STATE_VERSION,
             "seed": self.seed,
             "num_samples": self.num_samples,
             "decided_epoch": self._decided_epoch,
             "harvest_epoch": self._harvest_epoch,
-            "subset": self._subset.clone(),
-            "weights": None if self._weights is None else self._weights.clone(),
+            "subset": encode_indices(self._subset, self.num_samples),
+            "subset_in_random_order": self._subset_in_random_order,
+            "weights": None if self._weights is None else encode(self._weights, table=True),
             "kept_counts": list(self._kept_counts),
             "trained_counts": list(self._trained_counts),
             "partial": None,
@@ -581,18 +578,21 @@ class PruningCallback(Callback):
         self.num_samples = state_dict["num_samples"]
         self._decided_epoch = state_dict["decided_epoch"]
         self._harvest_epoch = state_dict["harvest_epoch"]
-        self._subset = state_dict["subset"]
-        self._weights = state_dict["weights"]
+        # Version 2 checkpoints hold plain int64/float32 tensors, which decode() returns unchanged.
+        subset = decode_indices(state_dict["subset"])
+        self._subset = subset.to(torch.int32) if self.num_samples < 2**31 else subset.to(torch.int64)
+        self._weights = decode(state_dict["weights"])
+        self._subset_in_random_order = bool(state_dict.get("subset_in_random_order", False))
         self._kept_counts = list(state_dict["kept_counts"])
         self._trained_counts = list(state_dict.get("trained_counts", self._kept_counts[: self._harvest_epoch + 1]))
         partial = state_dict.get("partial")
         self._restored_partial = (
             None if partial is None else (int(partial["epoch"]), partial["losses"], partial["batch_idx"])
         )
-        self._clear_epoch_buffers()
+        self._epoch_buffer = None
         self.history = [dict(entry) for entry in state_dict["history"]]
         for name, value in state_dict["method"].items():
-            setattr(self, name, copy.deepcopy(value))
+            setattr(self, name, copy.deepcopy(decode(value)))
         self._restored = True
 
     # ------------------------------------------------------------------------------------------------
@@ -600,16 +600,6 @@ class PruningCallback(Callback):
     @property
     def _resolved_seed(self) -> int:
         return 0 if self.seed is None else self.seed
-
-    def _clear_epoch_buffers(self) -> None:
-        self._pending_losses = None
-        self._prefix = None
-        self._skipped = 0
-        self._rank_order = torch.empty(0, dtype=torch.int64)
-        self._dense_weights = None
-        self._filled = 0
-        self._batch_slice = slice(0, 0)
-        self._last_batch_idx = 0
 
     def _check_selection(self, selection: Selection) -> None:
         indices = selection.indices
@@ -622,51 +612,28 @@ class PruningCallback(Callback):
         if selection.weights is not None and selection.weights.shape != indices.shape:
             raise ValueError(f"{type(self).__name__}.select returned weights not aligned with its indices.")
 
-    def _gathered_positions(self, trainer: pl.Trainer) -> tuple[Tensor, Tensor]:
-        """The epoch's losses and batch numbers of global positions ``0..P-1`` trained so far, every rank's.
-
-        Rank ``r``'s ``j``-th yielded sample sits at position ``start + j * world + r`` of the epoch order, so the
-        ranks' first ``filled`` samples fill positions ``start .. start + filled * world - 1`` exactly; a resumed
-        epoch's earlier positions come from the checkpoint.
-        """
-        pending = self._pending_losses
-        assert pending is not None and self._sampler is not None and self._datamodule is not None
-        world, filled = trainer.world_size, self._filled
-        losses = pending[:filled]
-        if world > 1:
-            losses = trainer.strategy.all_gather(losses)  # (world, filled): equal shapes on every rank
-        losses = losses.reshape(world, filled).cpu().t().reshape(-1)  # position order
-        local = torch.arange(filled).repeat_interleave(world)
-        batch_idx = (self._skipped + local) // self._datamodule.batch_size
-        if self._prefix is not None:
-            losses = torch.cat([self._prefix[0], losses])
-            batch_idx = torch.cat([self._prefix[1], batch_idx])
-        return losses, batch_idx
-
     def _partial_harvest(self, trainer: pl.Trainer) -> dict[str, Any] | None:
         """The interrupted epoch's harvest so far for a checkpoint (``None`` between epochs)."""
-        if self._pending_losses is None or (self._filled == 0 and self._prefix is None):
+        buffer = self._epoch_buffer
+        if buffer is None or not buffer.has_harvest:
             return None
-        losses, batch_idx = self._gathered_positions(trainer)
+        losses, batch_idx = buffer.gathered(trainer)
         return {"epoch": self._decided_epoch, "losses": losses.to(torch.float32), "batch_idx": batch_idx}
 
     def _flush(self, trainer: pl.Trainer) -> None:
-        """Gathers the epoch's losses from every rank and hands them to :meth:`update` (once per epoch)."""
-        assert self._pending_losses is not None and self._sampler is not None
-        epoch, sampler = self._decided_epoch, self._sampler
-        losses, batch_idx = self._gathered_positions(trainer)
-        self._clear_epoch_buffers()
+        """Gathers the epoch's losses from every rank, checks them, and hands them to :meth:`update` (once per
+        epoch: the only place the step path's device-side values are read on the host)."""
+        buffer = self._epoch_buffer
+        assert buffer is not None
+        epoch, sampler = self._decided_epoch, buffer.sampler
+        losses, batch_idx = buffer.gathered(trainer)
+        self._epoch_buffer = None
         real = min(losses.numel(), sampler.subset.numel())  # positions past the subset are padding duplicates
         losses, batch_idx = losses[:real], batch_idx[:real]
-        indices = sampler.global_order[:real]
-        if not bool(torch.isfinite(losses).all()):
-            raise ValueError(
-                f"{type(self).__name__}: the harvested per-sample losses of epoch {epoch} contain NaN/inf or a batch "
-                "returned no per-sample losses; return `pruning_loss(self, losses)` from every training_step."
-            )
+        check_finite(losses, batch_idx, epoch=epoch, owner=type(self).__name__)
         harvest = Harvest(
             epoch=epoch,
-            indices=indices,
+            indices=sampler.global_order[:real].to(torch.int64),
             losses=losses,
             batch_idx=batch_idx,
             steps=batch_idx // trainer.accumulate_grad_batches,

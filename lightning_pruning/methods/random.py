@@ -129,7 +129,7 @@ class RandomPruning(PruningCallback):
     def select(self, epoch: int, generator: torch.Generator) -> Selection:
         size = budget(self.prune_ratio, self.num_samples)
         layout = self.class_layout if self.stratified else None
-        return Selection(random_star_subset(self.num_samples, size, generator, layout))
+        return Selection(random_star_subset(self.num_samples, size, generator, layout), in_random_order=layout is None)
 
 
 @register("rs2")
@@ -202,7 +202,9 @@ class RS2(PruningCallback):
         size = budget(self.prune_ratio, self.num_samples)
         if self.replacement:
             layout = self.class_layout if self.stratified else None
-            return Selection(random_star_subset(self.num_samples, size, generator, layout))
+            return Selection(
+                random_star_subset(self.num_samples, size, generator, layout), in_random_order=layout is None
+            )
         round_index = epoch - self.warmup_epochs
         streams = self._permutation_streams(size)
         layout = self.class_layout
