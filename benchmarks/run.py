@@ -24,6 +24,7 @@ import logging
 import math
 import multiprocessing
 import os
+import subprocess
 import sys
 import time
 import warnings
@@ -422,6 +423,25 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
 
+def code_version() -> str:
+    """The commit of the code that trains (``+dirty`` with uncommitted changes), stored with every run: a stored
+    run is reused by its key alone, so runs made by other code can be spotted (``unknown`` outside git)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "lightning_pruning", "benchmarks"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
 def execute(
     specs: list[RunSpec],
     store: Path,
@@ -466,9 +486,17 @@ def execute(
         if spec.key in done:
             add_partner(spec, done[spec.key])
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    version = code_version()
+    older = sorted({str(done[s.key].get("code", "unrecorded")) for s in specs if s.key in done} - {version})
+    if older:
+        print(
+            f"note: stored runs of this profile were made by other code ({', '.join(older)}; now {version}). They are "
+            f"reused by key; if selection behaviour changed since, move {store} away to retrain them.",
+            flush=True,
+        )
 
     def finish(spec: RunSpec, result: dict[str, Any]) -> None:
-        record = {"key": spec.key, "label": spec.label, "profile": profile_name, **result}
+        record = {"key": spec.key, "label": spec.label, "profile": profile_name, "code": version, **result}
         with store.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         done[spec.key] = record

@@ -24,6 +24,8 @@ def test_benchmark_smoke_profile_writes_results_and_resumes(tmp_path: Path) -> N
     # full + Random* on two datasets (MLP) and on the LT set (CNN), plus each Random* run's equal-budget
     # partner: 2 epochs at 50% saved -> full data for 1 epoch.
     assert len(stored) == 9
+    # Every stored run names the code that made it (a commit here), so runs of older code can be told apart.
+    assert {record["code"] for record in stored} == {run.code_version()} and run.code_version() != "unknown"
     partners = [r for r in stored if r["method"] == "full" and r["epochs"] == 1]
     assert sorted((r["dataset"], r["backbone"]) for r in partners) == [
         ("fashion_mnist", "mlp"),
