@@ -220,7 +220,14 @@ class HarvestRecorder(Callback):
         original = method.update
 
         def record(harvest: Harvest) -> None:
-            self.harvests.append({"indices": harvest.indices, "steps": harvest.steps})
+            self.harvests.append(
+                {
+                    "epoch": harvest.epoch,
+                    "indices": harvest.indices,
+                    "steps": harvest.steps,
+                    "subset": method.current_subset,
+                }
+            )
             original(harvest)
 
         method.update = record  # type: ignore[method-assign]

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, OnExceptionCheckpoint
 from test_conformance import (
     CrashAt,
+    HarvestRecorder,
     assert_same_batches,
     assert_same_decisions,
     assert_same_weights,
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from lightning_pruning import METHODS, PruningCallback, PruningDataModule
 from lightning_pruning.data.sampler import SubsetSampler
-from lightning_pruning.methods.base import Harvest, epoch_steps, warn_if_state_stays_in_workers
+from lightning_pruning.methods.base import epoch_steps, warn_if_state_stays_in_workers
 
 N = 96
 BATCH = 8
@@ -235,27 +236,6 @@ def test_gradient_accumulation_step_checkpoints_resume_exactly(tmp_path: Path) -
 
 # ---------------------------------------------------------------------------------------------------------
 # Across world sizes.
-class HarvestFiles(Callback):
-    """Writes the harvests this rank's method receives to ``out/harvest<rank>.pt``."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.harvests: list[dict[str, Any]] = []
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        method = next(cb for cb in trainer.callbacks if isinstance(cb, PruningCallback))
-        original = method.update
-
-        def record(harvest: Harvest) -> None:
-            self.harvests.append({"epoch": harvest.epoch, "indices": harvest.indices, "subset": method.current_subset})
-            original(harvest)
-
-        method.update = record  # type: ignore[method-assign]
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        torch.save(self.harvests, self.out / f"harvest{trainer.global_rank}.pt")
-
-
 def _epoch_ids(batches: list[tuple[int, int, torch.Tensor]], epoch: int, start: int = 0) -> torch.Tensor:
     return torch.cat([ids for e, b, ids in batches if e == epoch and b >= start])
 
@@ -266,7 +246,13 @@ def test_one_process_checkpoint_resumes_on_two_processes(tmp_path: Path) -> None
     step = ends[1] + 2  # epoch 2, after 2 of its batches
     out = tmp_path / "out"
     out.mkdir()
-    run(HarvestFiles(out), ckpt_path=tmp_path / "steps" / f"step={step}.ckpt", out=out, strategy="ddp_fork", devices=2)
+    run(
+        HarvestRecorder(out),
+        ckpt_path=tmp_path / "steps" / f"step={step}.ckpt",
+        out=out,
+        strategy="ddp_fork",
+        devices=2,
+    )
     ranks = [torch.load(out / f"ids{rank}.pt", weights_only=True) for rank in range(2)]
     rest = _epoch_ids(ids.batches, 2, start=2)  # what the uninterrupted run still trained in epoch 2
     for rank in range(2):
@@ -292,7 +278,7 @@ def test_two_process_checkpoint_resumes_on_one_process(tmp_path: Path) -> None:
     ends = epoch_ends(ranks[0])
     step = ends[1] + 1
     method = METHODS["rcap"](seed=0)
-    spy = HarvestFiles(tmp_path)
+    spy = HarvestRecorder(tmp_path)
     _, resumed, _ = run(spy, method=method, ckpt_path=tmp_path / "steps" / f"step={step}.ckpt")
     served = _epoch_ids(resumed.batches, 2)
     rest = torch.stack([_epoch_ids(ranks[rank], 2, start=1) for rank in range(2)], dim=1).reshape(-1)
