@@ -46,13 +46,13 @@ from lightning_pruning.experiment import run_in_worker  # noqa: E402
 # Training-set sizes (for cost estimates; the runs themselves read the data).
 TRAIN_SIZES = {"fashion_mnist": 60_000, "fashion_mnist_lt": 15_087}
 # Seconds per epoch over 60k images on one core, for cost estimates and the ETA; override with
-# --mlp-epoch-seconds / --cnn-epoch-seconds. MLP: ENVIRONMENT.md's single-process measurement. CNN: measured
-# in this profile's own runs (2 parallel jobs on the 2-core machine: 6.6-7.3 s per epoch over
-# Fashion-MNIST-LT's 15k images, i.e. about 28 s per 60k).
-EPOCH_SECONDS = {"mlp": 2.0, "cnn": 28.0}
+# --mlp-epoch-seconds / --cnn-epoch-seconds. MLP: ENVIRONMENT.md's single-process measurement. CNN (16/32
+# channels, channels-last): 1.78 s per epoch over Fashion-MNIST-LT's 15k images alone on one core (7.1 s per
+# 60k), plus a fifth for two parallel jobs sharing the 2-core machine's memory bandwidth.
+EPOCH_SECONDS = {"mlp": 2.0, "cnn": 8.5}
 # Per-epoch evaluation of the 10k test images, in the same unit (outside the training wall-clock); the CNN's
-# was measured with the epoch times above (about 5.5 s per evaluation).
-EVAL_SHARE = {"mlp": 0.05, "cnn": 0.2}
+# was measured with the epoch time above (about 1.2 s per evaluation).
+EVAL_SHARE = {"mlp": 0.05, "cnn": 0.17}
 # Kept fraction assumed for progress/ETA before a loss-driven method has run.
 ADAPTIVE_KEPT_GUESS = 0.65
 

@@ -19,7 +19,7 @@ def build_backbone(name: str, num_classes: int, in_channels: int = 1, image_size
     """A classifier network.
 
     Args:
-        name: ``"mlp"`` (two hidden layers), ``"cnn"`` (two conv blocks), or ``"resnet18"`` (torchvision,
+        name: ``"mlp"`` (two hidden layers), ``"cnn"`` (two small conv blocks, 16 and 32 channels), or ``"resnet18"`` (torchvision,
             first layer adapted to small images and ``in_channels``).
         num_classes: number of output classes.
         in_channels: image channels.
@@ -36,14 +36,14 @@ def build_backbone(name: str, num_classes: int, in_channels: int = 1, image_size
         )
     if name == "cnn":
         return nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.Conv2d(in_channels, 16, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
+            nn.Conv2d(16, 32, 3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Linear(64 * (image_size // 4) ** 2, 128),
+            nn.Linear(32 * (image_size // 4) ** 2, 128),
             nn.ReLU(),
             nn.Linear(128, num_classes),
         )
@@ -90,12 +90,18 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_backbone(backbone, num_classes, in_channels, image_size)
+        # Convolutions run about 2x faster on CPUs (and use tensor cores on GPUs) in channels-last layout.
+        self._channels_last = backbone != "mlp"
+        if self._channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.val_acc = PerClassAccuracy(num_classes)
         self.val_worst = WorstClassAccuracy(num_classes)
         self.test_per_class = PerClassAccuracy(num_classes)
         self.test_worst = WorstClassAccuracy(num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
