@@ -19,8 +19,8 @@ def build_backbone(name: str, num_classes: int, in_channels: int = 1, image_size
     """A classifier network.
 
     Args:
-        name: ``"mlp"`` (two hidden layers), ``"cnn"`` (two small conv blocks, 16 and 32 channels), or ``"resnet18"`` (torchvision,
-            first layer adapted to small images and ``in_channels``).
+        name: ``"mlp"`` (two hidden layers), ``"cnn"`` (two small conv blocks, 16 and 32 channels), or
+            ``"resnet18"`` (torchvision, first layer adapted to small images and ``in_channels``).
         num_classes: number of output classes.
         in_channels: image channels.
         image_size: image side length (for the MLP's input size).

@@ -226,6 +226,35 @@ def index_dtype(num_samples: int) -> torch.dtype:
     return torch.int32 if num_samples < 2**31 else torch.int64
 
 
+def mask_positions(mask: Tensor, *, invert: bool = False, out: Tensor | None = None) -> Tensor:
+    """Ascending positions of the ``True`` entries of a 1-D bool ``mask`` (of the ``False`` ones with
+    ``invert``), in :func:`index_dtype` of its length.
+
+    ``torch.nonzero``, boolean indexing and ``masked_select`` all build an int64 position list of every hit
+    (8 bytes each); this runs ``nonzero`` over chunks of ``2**20`` entries and narrows each into the result,
+    so a decision's peak memory holds the int32 result (4 bytes a hit) plus one chunk.
+
+    Args:
+        mask: 1-D bool tensor.
+        invert: take the ``False`` entries instead.
+        out: optional 1-D tensor of exactly the number of hits to write into (e.g. a slice of a larger result).
+    """
+    if out is None:
+        hits = int(torch.count_nonzero(mask))
+        out = torch.empty(mask.numel() - hits if invert else hits, dtype=index_dtype(mask.numel()))
+    filled = 0
+    for start in range(0, mask.numel(), _NONZERO_CHUNK):
+        chunk = mask[start : start + _NONZERO_CHUNK]
+        positions = (chunk.logical_not() if invert else chunk).nonzero().squeeze(1)
+        if positions.numel() > out.numel() - filled:
+            raise ValueError(f"`out` holds {out.numel()} entries, fewer than the mask's hits")
+        out[filled : filled + positions.numel()] = positions.add_(start)
+        filled += positions.numel()
+    if filled != out.numel():
+        raise ValueError(f"`out` holds {out.numel()} entries, the mask has {filled} hits")
+    return out
+
+
 def gather_in_place(table: Tensor, index: Tensor) -> Tensor:
     """Overwrites the int64 ``index`` with ``table[index]`` (widened) and returns it.
 

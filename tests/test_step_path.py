@@ -473,6 +473,29 @@ def test_the_in_place_shuffle_is_a_pure_function_of_subset_epoch_and_seed(monkey
     assert torch.equal(subset, SubsetSampler(subset, epoch=4, seed=9).subset)  # the subset itself is not touched
 
 
+@pytest.mark.parametrize(("num_replicas", "rank", "resume_batches"), [(1, 0, 0), (2, 1, 0), (3, 2, 5), (2, 0, 7)])
+def test_weights_replay_the_in_place_shuffle_in_rank_order(
+    monkeypatch: pytest.MonkeyPatch, num_replicas: int, rank: int, resume_batches: int
+) -> None:
+    """Replaying the shuffle on subset-aligned values gives each served index its own value, on every rank, after
+    the padding and after a mid-epoch resume, so weights can be sliced per batch with no dense table."""
+    monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 1000)
+    subset = torch.randperm(9000, generator=torch.Generator().manual_seed(1))[:3001].to(torch.int32)
+    values = subset.to(torch.float32) * 0.5 + 1.0  # exact in float32: the value names its index
+    sampler = SubsetSampler(subset, epoch=2, seed=3, num_replicas=num_replicas, rank=rank)
+    if resume_batches:
+        state = SubsetSampler(subset, epoch=2, seed=3, num_replicas=num_replicas, rank=rank).position_state(
+            resume_batches, 16
+        )
+        sampler.resume(state, 16)
+    replayed = sampler.replayed_in_rank_order(values)
+    assert sampler.rank_positions is None and replayed is not None
+    assert torch.equal(replayed, sampler.rank_order.to(torch.float32) * 0.5 + 1.0)
+    assert SubsetSampler(subset[:999], epoch=2, seed=3).replayed_in_rank_order(values[:999]) is None  # randperm path
+    with pytest.raises(ValueError, match="not aligned"):
+        sampler.replayed_in_rank_order(values[:-1])
+
+
 def test_a_mid_epoch_position_saved_before_the_in_place_shuffle_resumes_in_its_own_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

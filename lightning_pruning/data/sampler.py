@@ -38,6 +38,14 @@ def _pad(order: Tensor, multiple: int) -> Tensor:
     return torch.cat([order, order.repeat(repeats)[:padding]])
 
 
+def _shuffled_copy(values: Tensor, seed: int) -> Tensor:
+    """A copy of 1-D CPU ``values`` shuffled in place by numpy's PCG64 seeded with ``seed``: the same seed gives
+    the same permutation for any 4- or 8-byte dtype, so indices and their weights can be shuffled apart."""
+    shuffled = values.numpy().copy()
+    np.random.Generator(np.random.PCG64(seed)).shuffle(shuffled)
+    return torch.from_numpy(shuffled)
+
+
 class SubsetSampler(DistributedSampler):
     """Yields this rank's shard of an epoch's subset, in an order fixed by ``(subset, epoch, seed)``.
 
@@ -125,6 +133,7 @@ class SubsetSampler(DistributedSampler):
         self._permutation: Tensor | None = None
         self._permutation_known = True
         self._ordered: Tensor | None = None
+        self._in_place_seed: int | None = None
         self._shuffle_kind = _SHUFFLE
 
     def _epoch_order(self) -> Tensor:
@@ -135,6 +144,7 @@ class SubsetSampler(DistributedSampler):
         order = self.subset
         self._permutation = None
         self._permutation_known = True
+        self._in_place_seed = None
         if not self.shuffle:
             if order.numel() > 1:
                 order, self._permutation = torch.sort(order, stable=True)
@@ -156,11 +166,8 @@ class SubsetSampler(DistributedSampler):
             else:
                 # In place on a copy of the indices: no permutation to build and gather through (half the
                 # random memory traffic of randperm + gather); weights are then looked up by index.
-                shuffled = order.numpy().copy()
-                np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, SHUFFLE_STREAM))).shuffle(
-                    shuffled
-                )
-                order = torch.from_numpy(shuffled)
+                self._in_place_seed = derive_seed(self.seed, self.epoch, SHUFFLE_STREAM)
+                order = _shuffled_copy(order, self._in_place_seed)
                 self._permutation_known = False
         self._ordered = order
         return order
@@ -208,6 +215,24 @@ class SubsetSampler(DistributedSampler):
         permutation = self._permutation if self._permutation is not None else torch.arange(size)
         arranged = self._arrange(permutation)
         return arranged[self.start + self.rank :: self.num_replicas]
+
+    def replayed_in_rank_order(self, values: Tensor) -> Tensor | None:
+        """``values`` aligned with :attr:`subset` (e.g. loss weights), put in the order this rank serves its
+        indices by replaying the epoch's in-place shuffle on a copy of them; ``None`` when the order is not an
+        in-place shuffle (use :attr:`rank_positions`, or look values up by index for a custom ``orderer``).
+
+        Served in that order, a batch's values are a slice: no position table and no dense table over the
+        dataset's index range are needed.
+        """
+        self._epoch_order()
+        if self._in_place_seed is None:
+            return None
+        if values.shape != self.subset.shape:
+            raise ValueError(
+                f"values of shape {tuple(values.shape)} are not aligned with a subset of {self.subset.numel()}"
+            )
+        arranged = self._arrange(_shuffled_copy(values, self._in_place_seed))
+        return arranged[self.start + self.rank :: self.num_replicas].contiguous()
 
     def global_positions(self, local: Tensor) -> Tensor:
         """Positions in :attr:`global_order` of this rank's ``local`` positions (counted from ``skipped``)."""

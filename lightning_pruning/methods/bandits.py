@@ -17,7 +17,7 @@ from torch import Tensor
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.ranking import apply_ema, top_k_mask
 from lightning_pruning.methods.registry import register
-from lightning_pruning.selection import budget, check_prune_ratio
+from lightning_pruning.selection import budget, check_prune_ratio, mask_positions
 
 UCBBonus = Literal["count", "std", "var"]
 _BONUSES = ("count", "std", "var")
@@ -83,13 +83,16 @@ def ucb_index(
             raise ValueError("the count bonus needs `visits`")
         if round_number < 1:
             raise ValueError(f"`round_number` must be >= 1, got {round_number}")
-        counts = visits.to(mean.dtype)
-        # n = 0 only for never-trained samples, whose μ is already +inf; clamp to avoid 0/0.
-        extra = torch.sqrt(math.log(round_number) / counts.clamp_min(1.0))
-        return mean + c * extra
-    if variance is None:
-        raise ValueError(f"the {bonus!r} bonus needs `variance`")
-    return mean + c * (variance.sqrt() if bonus == "std" else variance)
+        # One N-sized buffer, updated in place (a decision's peak memory is its temporaries); the same float32
+        # operations in the same order as mean + c * sqrt(ln t / max(n, 1)) (torch computes a scalar over a
+        # tensor as its reciprocal times the scalar). n = 0 only for never-trained
+        # samples, whose μ is already +inf; the clamp avoids 0/0.
+        index = visits.to(mean.dtype).clamp_min_(1.0).reciprocal_().mul_(math.log(round_number)).sqrt_()
+    else:
+        if variance is None:
+            raise ValueError(f"the {bonus!r} bonus needs `variance`")
+        index = variance.sqrt() if bonus == "std" else variance.clone()
+    return torch.add(mean, index.mul_(c), out=index)
 
 
 def _check_ema(ema: float) -> float:
@@ -143,7 +146,7 @@ class _RunningLossBandit(PruningCallback):
         """The Selection of a boolean mask, with the share of never-trained samples in it."""
         never_seen = int(torch.count_nonzero(chosen & (self.loss_mean == math.inf)))
         size = int(torch.count_nonzero(chosen))
-        return Selection(chosen.nonzero().squeeze(1), stats={"never_seen_share": never_seen / max(size, 1), **stats})
+        return Selection(mask_positions(chosen), stats={"never_seen_share": never_seen / max(size, 1), **stats})
 
 
 @register("epsilon_greedy")
@@ -278,6 +281,7 @@ class UCB(_RunningLossBandit):
             round_number=self.round_number(epoch),
         )
         chosen = top_k_mask(index, self.budget_size, generator)
+        del index  # freed before the subset's indices are made
         stats: dict[str, float] = {}
         if self.bonus == "count":
             never_again = int(torch.count_nonzero(self.visits == 1))

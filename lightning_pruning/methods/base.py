@@ -71,7 +71,8 @@ class Selection:
     """One epoch's decision.
 
     Attributes:
-        indices: int64 dataset indices to train (any order; the sampler shuffles).
+        indices: int64 dataset indices to train (any order; the sampler shuffles); int32 is accepted too, and
+            saves memory (the base stores the subset as int32 while N < 2**31).
         weights: optional float32 loss weight of each selected sample, aligned with ``indices``.
         stats: method-specific numbers to log for the epoch (plain floats).
         in_random_order: ``indices`` are already in uniformly random order, drawn from the decision's generator
@@ -603,8 +604,10 @@ class PruningCallback(Callback):
 
     def _check_selection(self, selection: Selection) -> None:
         indices = selection.indices
-        if indices.dtype != torch.int64 or indices.ndim != 1:
-            raise TypeError(f"{type(self).__name__}.select must return 1-D int64 indices, got {indices.dtype}.")
+        if indices.dtype not in (torch.int64, torch.int32) or indices.ndim != 1:
+            raise TypeError(
+                f"{type(self).__name__}.select must return 1-D int64 (or int32) indices, got {indices.dtype}."
+            )
         if indices.numel() == 0:
             raise ValueError(f"{type(self).__name__}.select chose no samples; every epoch needs at least one.")
         if int(indices.min()) < 0 or int(indices.max()) >= self.num_samples:

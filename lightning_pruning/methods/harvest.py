@@ -61,9 +61,13 @@ class EpochBuffer:
         self.positions: Tensor | None = None
         if weights is not None:
             positions = sampler.rank_positions
-            if positions is None:
-                # The order does not track subset positions (in-place shuffle, custom orderer): the weights are
-                # looked up by dataset index, per batch, in a dense table over the subset's index range.
+            replayed = sampler.replayed_in_rank_order(weights.to(torch.float32)) if positions is None else None
+            if replayed is not None:
+                # The in-place shuffle replayed on the weights: served in batch order, sliced per batch.
+                self.weights = replayed.to(device, non_blocking=True)
+            elif positions is None:
+                # A custom orderer does not track subset positions: the weights are looked up by dataset index,
+                # per batch, in a dense table over the subset's index range.
                 subset = sampler.subset
                 dense = torch.ones(int(subset.max()) + 1 if subset.numel() else 0)
                 dense[subset] = weights.to(torch.float32)

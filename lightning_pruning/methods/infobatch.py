@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.registry import register
+from lightning_pruning.selection import mask_positions
 
 #: The reference implementation never keeps fewer than 10% of the well-learned samples.
 MIN_KEEP_PROBABILITY = 0.1
@@ -31,8 +32,8 @@ class InfoBatchDecision:
     """The outcome of one InfoBatch selection.
 
     Attributes:
-        indices: int64 kept dataset indices: every sample not well-learned first, then the kept
-            well-learned ones.
+        indices: kept dataset indices (int32 while N < 2**31, else int64): every sample not well-learned
+            first (ascending), then the kept well-learned ones (in random order).
         weights: float32 loss weight of each kept sample (1, or ``1 / keep_probability`` for kept
             well-learned samples), aligned with ``indices``.
         threshold: the mean of the known scores.
@@ -76,19 +77,26 @@ def infobatch_select(
     well_learned = scores < threshold
     if scored is not None and num_scored < num_samples:
         well_learned &= scored
-    learned_ids = torch.nonzero(well_learned).squeeze(1)
-    other_ids = torch.nonzero(~well_learned).squeeze(1)
+    num_learned = int(torch.count_nonzero(well_learned))
+    num_other = num_samples - num_learned
     keep_probability = infobatch_keep_probability(prune_ratio)
     # The relative 1e-12 guards the floor against float noise: 1 - 0.55 = 0.4499999... keeps 9 of 20, not 8.
-    num_kept = math.floor(keep_probability * learned_ids.numel() * (1.0 + 1e-12))
+    num_kept = math.floor(keep_probability * num_learned * (1.0 + 1e-12))
+    # int32 ids while N < 2**31 (nonzero's int64 would double them), written straight into the output, and each
+    # temporary freed as soon as it is used: the peak stays under twice the kept subset's int64 size.
+    learned_ids = mask_positions(well_learned)
+    indices = torch.empty(num_other + num_kept, dtype=learned_ids.dtype)
+    mask_positions(well_learned, invert=True, out=indices[:num_other])
+    del well_learned
     # An int32 permutation is twice as fast as int64 and covers any realistic dataset.
-    dtype = torch.int32 if learned_ids.numel() < 2**31 else torch.int64
-    picks = torch.randperm(learned_ids.numel(), generator=generator, dtype=dtype)[:num_kept]
-    kept_learned = torch.index_select(learned_ids, 0, picks)  # faster than advanced indexing
-    indices = torch.cat([other_ids, kept_learned])
+    picks = torch.randperm(num_learned, generator=generator, dtype=torch.int32 if num_learned < 2**31 else torch.int64)[
+        :num_kept
+    ]
+    torch.index_select(learned_ids, 0, picks, out=indices[num_other:])  # faster than advanced indexing
+    del picks, learned_ids
     weights = torch.ones(indices.numel())
-    weights[other_ids.numel() :] = 1.0 / keep_probability
-    return InfoBatchDecision(indices, weights, threshold, int(learned_ids.numel()))
+    weights[num_other:] = 1.0 / keep_probability
+    return InfoBatchDecision(indices, weights, threshold, num_learned)
 
 
 @register("infobatch")

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.registry import register
+from lightning_pruning.selection import mask_positions
 
 
 def window_means(losses: Tensor, window_ids: Tensor) -> Tensor:
@@ -71,7 +72,7 @@ class RePBDecision:
     """The subset of the next epoch and how it came about.
 
     Attributes:
-        indices: int64 dataset indices, ascending (the sampler shuffles).
+        indices: dataset indices, ascending (int32 while N < 2**31; the sampler shuffles).
         num_reentered: how many of ``indices`` were not trained in the last epoch (uniform resampling).
     """
 
@@ -107,8 +108,8 @@ def repb_next_subset(
     num_kept = int(torch.count_nonzero(keep))  # much faster than a bool sum
     if resampling:
         keep |= ~trained & (draws < 1.0 - rho)
-    del draws  # 4 bytes per sample, freed before the int64 indices are allocated
-    indices = torch.nonzero(keep).squeeze(1)
+    del draws  # 4 bytes per sample, freed before the indices are allocated
+    indices = mask_positions(keep)
     return RePBDecision(indices, indices.numel() - num_kept)
 
 
