@@ -52,7 +52,9 @@ def test_ddp_example_two_cpu_processes() -> None:
         cwd=ROOT,
         timeout=180,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # Every assertion shows what the two ranks printed, so a failure on CI can be read from its log alone.
+    printed = f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, printed
     lines = re.findall(
         r"\[rank (\d)/2\] epoch (\d): subset of (\d+) samples \(checksum (\d+)\), this rank trained (\d+)",
         result.stdout,
@@ -62,11 +64,11 @@ def test_ddp_example_two_cpu_processes() -> None:
     for rank, epoch, size, checksum, trained in lines:
         ranks.add(rank)
         by_epoch.setdefault(epoch, set()).add((size, checksum))
-        assert int(size) == 64 and int(trained) == 32  # half of 128, split over two ranks
-    assert ranks == {"0", "1"} and sorted(by_epoch) == ["0", "1"]
+        assert int(size) == 64 and int(trained) == 32, printed  # half of 128, split over two ranks
+    assert ranks == {"0", "1"} and sorted(by_epoch) == ["0", "1"], printed
     # Both ranks decided the same subset in every epoch.
-    assert all(len(decisions) == 1 for decisions in by_epoch.values())
-    assert "done: worst-class accuracy" in result.stdout
+    assert all(len(decisions) == 1 for decisions in by_epoch.values()), printed
+    assert "done: worst-class accuracy" in result.stdout, printed
 
 
 def test_quickstart_notebook_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
