@@ -127,6 +127,57 @@ def test_seta_select_hand_computed() -> None:
         assert plain.indices.numel() == 4 and plain.indices.unique().numel() == 4 and plain.start == -1
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(min_value=0, max_value=2**31 - 1),
+    size=st.integers(min_value=6, max_value=3000),
+    levels=st.sampled_from([None, 4, 40]),
+    iteration=st.integers(min_value=1, max_value=7),
+)
+def test_in_place_key_sort_selects_what_the_stable_sort_selects(
+    seed: int, size: int, levels: int | None, iteration: int
+) -> None:
+    # float32 non-negative losses take the in-place key sort; the same values in float64 take the stable sort
+    # of a randomly ordered subset. Unless a window edge cuts equal losses (then both draw the ties at random),
+    # they must train the same samples with the same clusters.
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.empty(size).exponential_(generator=generator)
+    if levels is not None:
+        scores = torch.floor(scores * levels / 4) / levels  # many equal losses
+    keep = max(5, size * 3 // 4)
+    fast = seta_select(scores, keep, 5, 3, iteration, make_generator(seed, 1))
+    stable = seta_select(scores.double(), keep, 5, 3, iteration, make_generator(seed, 1))
+    assert fast.cluster_sizes.tolist() == stable.cluster_sizes.tolist() and fast.start == stable.start
+    chosen = scores[fast.indices.long()]
+    assert bool((chosen[1:] >= chosen[:-1]).all())  # sorted by loss
+    assert fast.indices.unique().numel() == fast.indices.numel()
+    edge_cuts_ties = fast.indices.numel() != keep and (
+        bool((scores[fast.indices.long()] == fast.low).sum() != (scores == fast.low).sum())
+        or bool((scores[fast.indices.long()] == fast.high).sum() != (scores == fast.high).sum())
+    )
+    if not edge_cuts_ties:
+        assert sorted(fast.indices.tolist()) == sorted(stable.indices.tolist())
+        assert (fast.low, fast.high) == (stable.low, stable.high) or fast.low != fast.low
+
+
+def test_equal_losses_cut_by_the_window_are_drawn_at_random() -> None:
+    # All losses equal: fewer distinct values than clusters, so k-means cuts equal slices and the window
+    # (2 of 4 slices) must take a uniformly random half of the kept samples.
+    scores = torch.full((40,), 0.5)
+    hits = torch.zeros(40)
+    for draw in range(3000):
+        decision = seta_select(scores, 40, 4, 2, 1, make_generator(3, draw))
+        assert decision.indices.numel() == 20 and decision.cluster_sizes.tolist() == [10, 10, 10, 10]
+        hits[decision.indices.long()] += 1
+    assert float((hits / 3000 - 0.5).abs().max()) < 0.05
+
+
+def test_negative_losses_are_clustered_too() -> None:
+    scores = torch.tensor([-5.0, -4.9, 0.0, 0.1, 5.0, 5.2])
+    decision = seta_select(scores, 6, 3, 1, 1, make_generator(0, 1))
+    assert sorted(decision.indices.tolist()) == [2, 3] and decision.cluster_sizes.tolist() == [2, 2, 2]
+
+
 def test_seta_select_random_step_is_uniform() -> None:
     hits = torch.zeros(20)
     for draw in range(4000):

@@ -11,6 +11,7 @@ loss weights. See ``docs/methods/seta.md``.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,64 @@ KMEANS_BINS = 1024
 MIN_KEEP_RATIO = 0.1
 
 
-def _optimal_segments(values: Tensor, k: int, bins: int) -> Tensor:
+#: Values per block of the prefix-sum table (memory ``O(m / block)`` instead of float64 copies of the data).
+_PREFIX_BLOCK = 256
+#: Values converted to float64 at a time while summing blocks (a multiple of the block).
+_PREFIX_CHUNK = 1 << 18
+
+
+class _PrefixSums:
+    """Float64 sums of ``values - shift`` and of its square over ``values[:i]``, for any positions ``i``.
+
+    Two float64 prefix arrays would cost 16 bytes per value; this keeps the sums at block boundaries only
+    and adds the partial block on demand, so the clustering reads the sorted losses where they lie (a strided
+    view is fine) without copying them.
+    """
+
+    def __init__(self, values: Tensor, shift: float) -> None:
+        self.values = values
+        self.shift = shift
+        size = values.numel()
+        blocks = -(-size // _PREFIX_BLOCK)
+        sums = torch.zeros(blocks + 1, dtype=torch.float64)
+        squares = torch.zeros(blocks + 1, dtype=torch.float64)
+        for start in range(0, size, _PREFIX_CHUNK):
+            part = values[start : start + _PREFIX_CHUNK].to(torch.float64) - shift
+            padding = -part.numel() % _PREFIX_BLOCK
+            if padding:
+                part = torch.cat([part, part.new_zeros(padding)])
+            rows = part.view(-1, _PREFIX_BLOCK)
+            first_block = start // _PREFIX_BLOCK + 1
+            sums[first_block : first_block + rows.shape[0]] = rows.sum(1)
+            squares[first_block : first_block + rows.shape[0]] = rows.square().sum(1)
+        self.sums = sums.cumsum_(0)
+        self.squares = squares.cumsum_(0)
+
+    def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Sums of ``values[:i] - shift`` and of their squares for every ``i`` in ``positions`` (int64)."""
+        block = positions // _PREFIX_BLOCK
+        offsets = torch.arange(_PREFIX_BLOCK)
+        inside = offsets < (positions - block * _PREFIX_BLOCK)[:, None]
+        where = (block[:, None] * _PREFIX_BLOCK + offsets).clamp_max_(self.values.numel() - 1)
+        part = (self.values[where].to(torch.float64) - self.shift) * inside
+        return self.sums[block] + part.sum(1), self.squares[block] + part.square().sum(1)
+
+
+def _count_at_most(sorted_values: Tensor, targets: Tensor) -> Tensor:
+    """``searchsorted(sorted_values, targets, right=True)`` by a vectorised binary search that reads the values
+    where they lie (``torch.searchsorted`` first copies a strided input); targets are float64."""
+    size = sorted_values.numel()
+    low = torch.zeros(targets.numel(), dtype=torch.int64)
+    high = torch.full((targets.numel(),), size, dtype=torch.int64)
+    for _ in range(size.bit_length()):
+        middle = (low + high) // 2
+        active = low < high
+        below = (sorted_values[middle.clamp_max(size - 1)].to(torch.float64) <= targets) & active
+        low, high = torch.where(below, middle + 1, low), torch.where(active & ~below, middle, high)
+    return low
+
+
+def _optimal_segments(values: Tensor, sums: _PrefixSums, k: int, bins: int) -> Tensor:
     """Least-squares split of sorted ``values`` into ``k`` runs with ends on about ``bins`` edges.
 
     Dynamic programming over the edges (exact 1-D k-means when ``len(values) <= bins // 2``):
@@ -39,15 +97,13 @@ def _optimal_segments(values: Tensor, k: int, bins: int) -> Tensor:
     # loss distribution is where k-means puts its small clusters).
     by_count = torch.round(torch.linspace(0, m, min(bins // 2, m) + 1, dtype=torch.float64)).to(torch.int64)
     levels = torch.linspace(float(values[0]), float(values[-1]), bins // 2 + 1, dtype=torch.float64)
-    by_value = torch.searchsorted(values, levels, right=True)
+    by_value = _count_at_most(values, levels)
     edges = torch.unique(torch.cat([by_count, by_value, torch.tensor([0, m])]))
-    centred = values - values.mean()  # smaller sums, less cancellation in the SSE
-    first = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(centred, 0)])[edges]
-    second = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(centred * centred, 0)])[edges]
+    first, second = sums.at(edges)  # centred on the mean: smaller sums, less cancellation in the SSE
     count = edges.to(torch.float64)
     gap = count[None, :] - count[:, None]  # samples between edge l (row) and edge i (column)
-    sums = first[None, :] - first[:, None]
-    cost = (second[None, :] - second[:, None]) - sums * sums / gap.clamp_min(1.0)
+    between = first[None, :] - first[:, None]
+    cost = (second[None, :] - second[:, None]) - between * between / gap.clamp_min(1.0)
     cost = torch.where(gap > 0, cost.clamp_min(0.0), torch.tensor(math.inf, dtype=torch.float64))
     best = cost[0]  # one run from edge 0 to edge i
     choices = []
@@ -71,10 +127,11 @@ def kmeans_1d(sorted_values: Tensor, k: int, bins: int = KMEANS_BINS, max_iter: 
     squares): centres are run means, and each end moves to the midpoint between neighbouring centres (a value
     exactly on a midpoint joins the lower cluster, so equal values share a cluster). Deterministic, no random
     restarts. With fewer than ``k`` distinct values the data are cut into ``k`` equal-count slices instead
-    (the reference does so when all values are equal).
+    (the reference does so when all values are equal). Sums are float64 whatever the input's dtype, kept at
+    block boundaries (no float64 copy of the data), and the values are read in place, strided or not.
 
     Args:
-        sorted_values: ascending float values, shape ``(m,)`` with ``m >= k``.
+        sorted_values: ascending float values, shape ``(m,)`` with ``m >= k``; any float dtype and stride.
         k: number of clusters, >= 1.
         bins: edges of the dynamic-programming start (memory ``O(bins²)``).
         max_iter: Lloyd iterations at most.
@@ -92,17 +149,21 @@ def kmeans_1d(sorted_values: Tensor, k: int, bins: int = KMEANS_BINS, max_iter: 
     distinct = int(torch.count_nonzero(sorted_values[1:] != sorted_values[:-1])) + 1
     if distinct < k:
         return equal_slices
-    values = sorted_values.to(torch.float64)
-    prefix = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(values, 0)])
-    ends = _optimal_segments(values, k, bins)
+    total = sum(
+        float(sorted_values[start : start + _PREFIX_CHUNK].sum(dtype=torch.float64))
+        for start in range(0, m, _PREFIX_CHUNK)
+    )
+    sums = _PrefixSums(sorted_values, total / m)
+    ends = _optimal_segments(sorted_values, sums, k, bins)
     centers = torch.zeros(k, dtype=torch.float64)
     for _ in range(max_iter):
         starts = torch.cat([torch.zeros(1, dtype=torch.int64), ends[:-1]])
         sizes = ends - starts
-        means = (prefix[ends] - prefix[starts]) / sizes.clamp_min(1)
+        run_sums = sums.at(ends)[0] - sums.at(starts)[0]
+        means = sums.shift + run_sums / sizes.clamp_min(1)
         centers = torch.where(sizes > 0, means, centers)  # an empty cluster keeps its last centre
         midpoints = (centers[:-1] + centers[1:]) / 2
-        new_ends = torch.cat([torch.searchsorted(values, midpoints, right=True), torch.tensor([m])])
+        new_ends = torch.cat([_count_at_most(sorted_values, midpoints), torch.tensor([m])])
         if torch.equal(new_ends, ends):
             break
         ends = new_ends
@@ -123,7 +184,7 @@ class SeTaDecision:
     """The outcome of one SeTa selection.
 
     Attributes:
-        indices: int64 dataset indices to train.
+        indices: dataset indices to train (int64, or int32 from the in-place key sort).
         cluster_sizes: samples per cluster, easy to hard (empty for an epoch without clustering).
         start: first cluster of the window (-1 without clustering).
         low: smallest loss in the window (NaN without clustering).
@@ -135,6 +196,36 @@ class SeTaDecision:
     start: int
     low: float
     high: float
+
+
+def _window(ends: Tensor, iteration: int, num_groups: int, window: int) -> tuple[Tensor, int, int, int]:
+    """Cluster sizes, window start and the sorted positions ``[first, last)`` the window covers."""
+    starts = torch.cat([torch.zeros(1, dtype=torch.int64), ends[:-1]])
+    start = window_start(iteration, num_groups, window)
+    return ends - starts, start, int(starts[start]), int(ends[start + window - 1])
+
+
+def _splits_equal_values(sorted_scores: Tensor, first: int, last: int) -> bool:
+    """Whether position ``first`` or ``last`` cuts through a run of equal sorted values."""
+    size = sorted_scores.numel()
+    cut_first = 0 < first < size and bool(sorted_scores[first - 1] == sorted_scores[first])
+    return cut_first or (0 < last < size and bool(sorted_scores[last - 1] == sorted_scores[last]))
+
+
+def _sort_keys_in_place(subset: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Turns the int64 ``subset`` into sort keys ``(loss bits << 32) | index`` and sorts them in place.
+
+    For non-negative float32 losses the IEEE bits order like the values, so one in-place sort of these keys
+    orders the subset by loss (equal losses by index) with no index array or float64 copy beside it. Returns
+    strided views into the sorted buffer: the losses (float32) and the dataset indices (int32).
+    """
+    for start in range(0, subset.numel(), _PREFIX_CHUNK):
+        part = subset[start : start + _PREFIX_CHUNK]
+        bits = (scores[part] + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
+        part.bitwise_or_(bits.bitwise_left_shift_(32))
+    subset.numpy().sort()  # in place (torch.sort would return a copy and int64 positions)
+    low_word, high_word = (0, 1) if sys.byteorder == "little" else (1, 0)
+    return subset.view(torch.float32)[high_word::2], subset.view(torch.int32)[low_word::2]
 
 
 def seta_select(
@@ -157,22 +248,33 @@ def seta_select(
         generator: source of the random subset (and of the order of equal losses).
 
     Returns:
-        The decision: the ``m`` random samples (``iteration`` None or 0), or those of the window.
+        The decision: the ``m`` random samples (``iteration`` None or 0), or those of the window, sorted by
+        loss. With non-negative float32 losses the window is found by an in-place sort of packed keys (peak
+        memory about the int64 random subset); a window edge can cut through equal losses only when there are
+        fewer distinct losses than clusters, and then the equal losses are ordered at random instead.
     """
     subset = random_choice(scores.numel(), keep, generator)
     if iteration is None or iteration == 0:
         return SeTaDecision(subset, torch.empty(0, dtype=torch.int64), -1, math.nan, math.nan)
+    if scores.dtype == torch.float32 and scores.numel() <= 2**31 and float(scores.min()) >= 0.0:
+        sorted_scores, indices = _sort_keys_in_place(subset, scores)
+        ends = kmeans_1d(sorted_scores, num_groups)
+        sizes, start, first, last = _window(ends, iteration, num_groups, window)
+        if last == first:  # only when coinciding centres emptied the whole window: train the random subset
+            return SeTaDecision(indices.clone(), sizes, start, math.nan, math.nan)
+        if not _splits_equal_values(sorted_scores, first, last):
+            low, high = float(sorted_scores[first]), float(sorted_scores[last - 1])
+            return SeTaDecision(indices[first:last].clone(), sizes, start, low, high)
+        subset = indices.to(torch.int64).sort().values  # the random subset again, for the tie-breaking path
     # Random order of the subset first, so equal losses are ordered at random by the stable sort.
     subset = subset[torch.randperm(subset.numel(), generator=generator)]
     sorted_scores, order = torch.sort(scores[subset], stable=True)
     ends = kmeans_1d(sorted_scores, num_groups)
-    starts = torch.cat([torch.zeros(1, dtype=torch.int64), ends[:-1]])
-    start = window_start(iteration, num_groups, window)
-    first, last = int(starts[start]), int(ends[start + window - 1])
-    if last == first:  # only when coinciding centres emptied the whole window: train the random subset
-        return SeTaDecision(subset, ends - starts, start, math.nan, math.nan)
+    sizes, start, first, last = _window(ends, iteration, num_groups, window)
+    if last == first:
+        return SeTaDecision(subset, sizes, start, math.nan, math.nan)
     chosen = subset[order[first:last]]
-    return SeTaDecision(chosen, ends - starts, start, float(sorted_scores[first]), float(sorted_scores[last - 1]))
+    return SeTaDecision(chosen, sizes, start, float(sorted_scores[first]), float(sorted_scores[last - 1]))
 
 
 @register("seta")
