@@ -158,7 +158,8 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
         ``epoch_saved_range:METHOD:SETTINGS``: share of a pruned epoch dropped, min–max over every
             pruned epoch (kept fraction below 1) of those runs.
         ``well_learned_range:METHOD:SETTINGS``: |L|/N, the share below the mean loss, over those epochs.
-        ``meta:epochs`` / ``meta:seeds`` / ``meta:datasets``: what the main results cover.
+        ``meta:epochs`` / ``meta:seeds`` / ``meta:datasets`` / ``meta:runs``: what the main results cover.
+        ``meta:train_core_hours``: the main runs' training wall-clock added up, in hours.
         ``row:METRIC:DATASET:LABEL:SETTINGS``: a main summary value (as ``{{...}}`` in the reading).
         ``lr:METRIC:LABEL:SETTINGS:SCHEDULE``: a value of the LR-schedule profile's summary.
         ``lr_meta:epochs``: the LR-schedule profile's epochs.
@@ -185,6 +186,10 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
             return str(len({run["seed"] for run in main["runs"]}))
         if what == "datasets":
             return ", ".join(sorted({run["dataset"] for run in main["runs"]}))
+        if what == "runs":
+            return str(len(main["runs"]))
+        if what == "train_core_hours":  # the runs' own training wall-clock, added up (no evaluation, no startup)
+            return f"{sum(run['train_seconds'] for run in main['runs']) / 3600:.1f}"
         raise KeyError(f"unknown meta figure {what!r}")
     if kind == "row":
         metric, dataset, label, wanted = args
