@@ -39,7 +39,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from report import build_report  # noqa: E402
+from report import SETA_PRUNE_RATIO_FOR_TARGET, build_report  # noqa: E402
 
 from lightning_pruning.experiment import run_in_worker  # noqa: E402
 
@@ -230,9 +230,6 @@ def fixed_budget_methods() -> dict[str, tuple[str, dict[str, Any]]]:
 
 #: SeTa's random-pruning ratio whose realised saving lands near each target (5 clusters, window 0.9; measured
 #: on Fashion-MNIST, MLP, 12 epochs: 0.33, 0.52, 0.70 saved). Above 0.7 SeTa needs prune_ratio > 0.6.
-SETA_PRUNE_RATIO_FOR_TARGET = {0.3: 0.0, 0.5: 0.3, 0.7: 0.6}
-
-
 def adaptive_methods(ratios: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)) -> list[tuple[str, str, dict[str, Any]]]:
     """Loss-driven methods: InfoBatch, RePB and SeTa at settings that move their saving towards ``ratios``."""
     from lightning_pruning.methods import METHODS
