@@ -255,3 +255,30 @@ def test_full_fit_prunes_and_anneals() -> None:
     assert sum(model.seen_batches) == callback.samples_trained
     assert "pruning/threshold" in trainer.callback_metrics
     assert "pruning/well_learned_fraction" in trainer.callback_metrics
+
+
+@pytest.mark.parametrize(("prune_ratio", "warns"), [(0.9, True), (0.3, False)])
+def test_heavy_loss_weights_warn_once_per_fit(prune_ratio: float, warns: bool) -> None:
+    # 90 low losses below the mean (0.59), 10 high ones. At r = 0.9: 9 kept with weight 10, plus the 10 others
+    # with weight 1, mean weight 100/19 = 5.3 > 2: warn once. At r = 0.3: 63 with weight 1/0.7, mean 1.38.
+    import warnings
+    from types import SimpleNamespace
+
+    method = InfoBatch(prune_ratio=prune_ratio, seed=0)
+    method.prepare(100, max_epochs=10)
+    stub = SimpleNamespace(ckpt_path=None)
+    method.subset_for_epoch(stub, 0)  # type: ignore[arg-type]
+    losses = torch.cat([torch.full((90,), 0.1), torch.full((10,), 5.0)])
+    zeros = torch.zeros(100, dtype=torch.int64)
+    method.update(Harvest(epoch=0, indices=torch.arange(100), losses=losses, batch_idx=zeros, steps=zeros))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method.subset_for_epoch(stub, 1)  # type: ignore[arg-type]
+        method.subset_for_epoch(stub, 2)  # type: ignore[arg-type]
+    heavy = [str(w.message) for w in caught if "loss weights of epoch" in str(w.message)]
+    expected_mean = 100 / 19 if warns else (63 / 0.7 + 10) / 73
+    assert method.history[1]["mean_weight"] == pytest.approx(expected_mean, rel=1e-6)
+    if warns:
+        assert len(heavy) == 1 and "epoch 1 average 5.26" in heavy[0] and "lower the learning rate" in heavy[0]
+    else:
+        assert heavy == []

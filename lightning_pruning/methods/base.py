@@ -34,6 +34,9 @@ from lightning_pruning.methods.harvest import EpochBuffer, check_finite
 from lightning_pruning.methods.state_codec import decode, decode_indices, encode, encode_indices
 from lightning_pruning.selection import ClassLayout, make_generator
 
+#: Mean loss weight of an epoch above which the callback warns that the effective learning rate is raised.
+HEAVY_MEAN_WEIGHT = 2.0
+
 # Stream id of a method's decision generator (the sampler's shuffle uses another stream).
 DECISION_STREAM = 0
 # 3: compact tensors (state_codec), the subset in int32 below 2**31 samples, and its random-order flag.
@@ -134,6 +137,7 @@ class PruningCallback(Callback):
         self._subset_in_random_order = False
         self._max_epochs: int | None = None
         self._restored = False
+        self._warned_weights = False
         self._harvest_epoch = -1
         #: Seconds spent in the per-epoch pruning logic (decisions, the harvest gathered across ranks and folded
         #: in) in this process; the per-step copies are not timed, to keep the step free of bookkeeping.
@@ -371,6 +375,7 @@ class PruningCallback(Callback):
         self._epoch_buffer = None
         self._decided_epoch = -1
         self._restored = False
+        self._warned_weights = False
         self._harvest_epoch = -1
         self.overhead_seconds = 0.0
         self.reset(num_samples)
@@ -409,9 +414,24 @@ class PruningCallback(Callback):
         if self._weights is not None:
             record["mean_weight"] = float(self._weights.mean()) if self._weights.numel() else 1.0
             record["max_weight"] = float(self._weights.max()) if self._weights.numel() else 1.0
+            self._warn_about_heavy_weights(epoch, record["mean_weight"])
         record.update(selection.stats)
         self.history = [entry for entry in self.history if entry["epoch"] < epoch] + [record]
         return self._subset
+
+    def _warn_about_heavy_weights(self, epoch: int, mean_weight: float) -> None:
+        """Warns once per fit when the loss weights multiply the effective learning rate by more than
+        :data:`HEAVY_MEAN_WEIGHT`: with SGD a weighted mean loss scales every gradient step by the mean weight, and
+        the benchmark saw such runs collapse to chance accuracy (InfoBatch at prune ratio 0.9, RePB at rho 0.7)."""
+        if mean_weight <= HEAVY_MEAN_WEIGHT or self._warned_weights:
+            return
+        self._warned_weights = True
+        rank_zero_warn(
+            f"{type(self).__name__}: the loss weights of epoch {epoch} average {mean_weight:.2f}, so each step is "
+            f"about {mean_weight:.1f}x larger than on the full data (the weights keep the gradient unbiased but "
+            "raise the effective learning rate). If the loss jumps or accuracy collapses, lower the learning rate "
+            "or the prune ratio."
+        )
 
     def decide(self, epoch: int) -> Selection:
         """The decision for ``epoch`` from the current state: full data in warm-up/annealing epochs, else
