@@ -54,7 +54,7 @@ class MissingSource(KeyError):
 
 
 _METRICS = (
-    "test_acc|worst_class_acc|saved_fraction|speedup|speedup_vs_ideal|delta_full|delta_equal|"
+    "test_acc|worst_class_acc|saved_fraction|speedup|speedup_vs_ideal|delta_full|delta_equal|delta_equal_worst|"
     "beats_equal_budget|passes_to_99|final_lr|schedule_steps|optimizer_steps"
 )
 _FIGURE = re.compile(r"\{\{(" + _METRICS + r"):([^:}]+):([^:}]+):([^}]*)\}\}")
@@ -97,7 +97,7 @@ def format_metric(metric: str, row: dict[str, Any]) -> str:
         return f"{100 * float(value):.2f}%"  # type: ignore[arg-type]
     if metric == "saved_fraction":
         return f"{100 * float(value):.1f}%"  # type: ignore[arg-type]
-    if metric in ("delta_full", "delta_equal"):
+    if metric in ("delta_full", "delta_equal", "delta_equal_worst"):
         half = float(row.get(f"{metric}_ci95", float("nan")))
         if value is None or value != value:  # NaN: no partner run
             return "n/a (no equal-budget run)"
@@ -160,6 +160,7 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
         ``well_learned_range:METHOD:SETTINGS``: |L|/N, the share below the mean loss, over those epochs.
         ``meta:epochs`` / ``meta:seeds`` / ``meta:datasets`` / ``meta:runs``: what the main results cover.
         ``meta:train_core_hours``: the main runs' training wall-clock added up, in hours.
+        ``speedup_range``: min–max over the pruned rows of the wall-clock speed-up over the ideal one.
         ``row:METRIC:DATASET:LABEL:SETTINGS``: a main summary value (as ``{{...}}`` in the reading).
         ``lr:METRIC:LABEL:SETTINGS:SCHEDULE``: a value of the LR-schedule profile's summary.
         ``lr_meta:epochs``: the LR-schedule profile's epochs.
@@ -191,6 +192,13 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
         if what == "train_core_hours":  # the runs' own training wall-clock, added up (no evaluation, no startup)
             return f"{sum(run['train_seconds'] for run in main['runs']) / 3600:.1f}"
         raise KeyError(f"unknown meta figure {what!r}")
+    if kind == "speedup_range":  # every pruned row's wall-clock speed-up as a share of 1 / (1 - saved)
+        values = [
+            row["speedup_vs_ideal"]
+            for row in main["summary"]
+            if row["role"] == "method" and row.get("lr_schedule", "cosine_epoch") == "cosine_epoch"
+        ]
+        return f"{min(values):.2f}–{max(values):.2f}"
     if kind == "row":
         metric, dataset, label, wanted = args
         return format_metric(metric, _find_row(main["summary"], dataset, label, wanted))
