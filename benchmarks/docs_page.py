@@ -160,6 +160,7 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
         ``well_learned_range:METHOD:SETTINGS``: |L|/N, the share below the mean loss, over those epochs.
         ``meta:epochs`` / ``meta:seeds`` / ``meta:datasets`` / ``meta:runs``: what the main results cover.
         ``meta:train_core_hours``: the main runs' training wall-clock added up, in hours.
+        ``meta:wall_hours``: the runner's measured wall-clock of the whole profile (``timing.jsonl``).
         ``speedup_range``: min–max over the pruned rows of the wall-clock speed-up over the ideal one.
         ``row:METRIC:DATASET:LABEL:SETTINGS``: a main summary value (as ``{{...}}`` in the reading).
         ``lr:METRIC:LABEL:SETTINGS:SCHEDULE``: a value of the LR-schedule profile's summary.
@@ -189,6 +190,9 @@ def marked_figure(kind: str, args: list[str], sources: dict[str, dict[str, Any]]
             return ", ".join(sorted({run["dataset"] for run in main["runs"]}))
         if what == "runs":
             return str(len(main["runs"]))
+        if what == "wall_hours":  # the runner's own measured wall-clock of the whole profile
+            seconds = main["meta"].get("wall_seconds")
+            return "not recorded" if seconds is None else f"{seconds / 3600:.1f} hours"
         if what == "train_core_hours":  # the runs' own training wall-clock, added up (no evaluation, no startup)
             return f"{sum(run['train_seconds'] for run in main['runs']) / 3600:.1f}"
         raise KeyError(f"unknown meta figure {what!r}")

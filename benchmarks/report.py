@@ -575,7 +575,7 @@ def plot_selection_times(overhead: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def build_report(records: list[dict[str, Any]], out: Path, *, command: str) -> Path:
+def build_report(records: list[dict[str, Any]], out: Path, *, command: str, wall_seconds: float | None = None) -> Path:
     """Writes ``results.json``, ``results.md``, ``verdicts.md`` and the plots into ``out``; returns the
     Markdown path. Works on any subset of a profile's runs: rows whose equal-budget partner (or per-epoch
     accuracy, in runs older than the time-to-accuracy curves) is missing say so."""
@@ -591,7 +591,9 @@ def build_report(records: list[dict[str, Any]], out: Path, *, command: str) -> P
     epochs = sorted({row["epochs"] for row in rows if row["role"] != "equal_budget"})
     seeds = sorted({r["seed"] for r in records})
     backbones = sorted({row["backbone"] for row in rows})
-    meta = {"epochs": epochs, "seeds": seeds, "backbones": backbones}
+    meta: dict[str, Any] = {"epochs": epochs, "seeds": seeds, "backbones": backbones}
+    if wall_seconds is not None:
+        meta["wall_seconds"] = wall_seconds  # the runner's measured wall-clock, over every invocation that trained
     (out / "results.json").write_text(
         json.dumps(
             {

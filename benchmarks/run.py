@@ -423,6 +423,19 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
 
+def record_wall_clock(folder: Path, seconds: float, *, trained: int, jobs: int) -> float | None:
+    """Appends this invocation's training wall-clock to ``folder/timing.jsonl`` (when it trained anything) and
+    returns the total over every invocation that trained, so a resumed profile reports its whole runtime."""
+    path = folder / "timing.jsonl"
+    if trained > 0:
+        entry = {"wall_seconds": seconds, "runs_trained": trained, "jobs": jobs, "commit": code_version()}
+        with path.open("a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+    if not path.exists():
+        return None
+    return sum(json.loads(line)["wall_seconds"] for line in path.read_text().splitlines() if line.strip())
+
+
 def code_version() -> str:
     """The commit of the code that trains (``+dirty`` with uncommitted changes), stored with every run: a stored
     run is reused by its key alone, so runs made by other code can be spotted (``unknown`` outside git)."""
@@ -580,6 +593,7 @@ def main(argv: list[str] | None = None) -> Path:
                 done[record["key"]] = record
         print(f"imported {len(imported)} runs from {args.import_runs}")
     started = time.perf_counter()
+    stored_before = len(done)  # execute() adds every run it trains to `done`
     records = execute(
         profile.specs(),
         store,
@@ -588,20 +602,22 @@ def main(argv: list[str] | None = None) -> Path:
         jobs=args.jobs,
         equal_budget=profile.equal_budget,
     )
-    print(f"training took {time.perf_counter() - started:.0f} s")
+    elapsed = time.perf_counter() - started
+    print(f"training took {elapsed:.0f} s")
+    wall_seconds = record_wall_clock(store.parent, elapsed, trained=len(done) - stored_before, jobs=args.jobs)
     if args.profile in ("full", "full12") and not (out / "overhead.json").exists():
         print("overhead micro-benchmark (selection time against N, harvesting overhead) ...", flush=True)
         import overhead
 
         overhead.main(["--out", str(out)])
     command = f"python benchmarks/run.py --profile {args.profile}"
-    report = build_report(records, out, command=command)
+    report = build_report(records, out, command=command, wall_seconds=wall_seconds)
     if args.docs is not None:
         args.docs.mkdir(parents=True, exist_ok=True)
         for name in ("overhead.json", "overhead.md"):
             if (out / name).exists():
                 (args.docs / name).write_text((out / name).read_text())
-        build_report(records, args.docs, command=f"{command} --docs {args.docs}")
+        build_report(records, args.docs, command=f"{command} --docs {args.docs}", wall_seconds=wall_seconds)
         from docs_page import write_all
 
         for path in write_all():

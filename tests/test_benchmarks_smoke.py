@@ -63,9 +63,17 @@ def test_benchmark_smoke_profile_writes_results_and_resumes(tmp_path: Path) -> N
     ):
         assert (tmp_path / name).stat().st_size > 1000
     assert "| Random* |" in (tmp_path / "verdicts.md").read_text()
+    # The runner's own wall-clock is stored and reported; a resume that trains nothing adds no time.
+    (timing,) = [json.loads(line) for line in (tmp_path / "timing.jsonl").read_text().splitlines()]
+    assert timing["runs_trained"] == 9 and timing["wall_seconds"] > 0
+    assert results["meta"]["wall_seconds"] == pytest.approx(timing["wall_seconds"])
     before = (tmp_path / "runs.jsonl").read_text()
     run.main(["--profile", "smoke", "--out", str(tmp_path), "--jobs", "1"])  # nothing new to compute
     assert (tmp_path / "runs.jsonl").read_text() == before
+    assert len((tmp_path / "timing.jsonl").read_text().splitlines()) == 1
+    assert json.loads((tmp_path / "results.json").read_text())["meta"]["wall_seconds"] == pytest.approx(
+        timing["wall_seconds"]
+    )
 
 
 def test_profiles_pair_runs_and_keep_old_keys() -> None:
