@@ -114,3 +114,8 @@ if __name__ == "__main__":
         sys.exit(1 if found else 0)
     torch.set_num_threads(1)
     run(args.out, args.num_nodes, args.devices, args.accelerator, args.epochs)
+    # Both "nodes" leave together: a rank that exits while the other still tears down gloo can abort
+    # ("terminate called without an active exception"), seen once on a fresh-clone CI run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
