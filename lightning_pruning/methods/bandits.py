@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lightning_pruning import host_ops
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.ranking import apply_ema, top_k_mask
 from lightning_pruning.methods.registry import register
@@ -41,15 +42,15 @@ def epsilon_greedy_mask(mean: Tensor, budget_size: int, random_picks: int, gener
         raise ValueError(f"need 0 <= random_picks <= K <= N, got {random_picks}, {budget_size}, {mean.numel()}")
     taken = top_k_mask(mean, budget_size - random_picks, generator)
     if random_picks:
-        # Uniform over the rest: iid keys with the greedy picks pushed below every other key.
-        keys = torch.rand(mean.numel(), generator=generator).masked_fill_(taken, -math.inf)
+        # Uniform over the rest: iid keys in [0, 1), the greedy picks shifted to [-1, 0): below every other key.
+        keys = host_ops.subtract_mask_(torch.rand(mean.numel(), generator=generator), taken)
         taken |= top_k_mask(keys, random_picks, generator)
     return taken
 
 
 def epsilon_greedy_select(mean: Tensor, budget_size: int, random_picks: int, generator: torch.Generator) -> Tensor:
     """The K dataset indices (int64, ascending) of :func:`epsilon_greedy_mask`."""
-    return epsilon_greedy_mask(mean, budget_size, random_picks, generator).nonzero().squeeze(1)
+    return mask_positions(epsilon_greedy_mask(mean, budget_size, random_picks, generator)).to(torch.int64)
 
 
 def ucb_index(

@@ -17,7 +17,7 @@ from torch import Tensor
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.ranking import top_k_mask, uniform_subset_mask
 from lightning_pruning.methods.registry import register
-from lightning_pruning.selection import budget, check_prune_ratio
+from lightning_pruning.selection import budget, check_prune_ratio, mask_positions
 
 
 def candidate_count(num_samples: int, budget_size: int, top_ratio: float) -> int:
@@ -51,7 +51,7 @@ def orderdp_select_mask(scores: Tensor, budget_size: int, candidates: int, gener
 
 def orderdp_select(scores: Tensor, budget_size: int, candidates: int, generator: torch.Generator) -> Tensor:
     """The q dataset indices (int64, ascending) of :func:`orderdp_select_mask`."""
-    return orderdp_select_mask(scores, budget_size, candidates, generator).nonzero().squeeze(1)
+    return mask_positions(orderdp_select_mask(scores, budget_size, candidates, generator)).to(torch.int64)
 
 
 def orderdp_surrogate_weights(num_samples: int, candidates: int, budget_size: int) -> Tensor:
@@ -174,6 +174,4 @@ class OrderDP(PruningCallback):
         q, s = self.budget_size, self.candidates
         chosen = orderdp_select_mask(self.scores, q, s, generator)
         never_seen = int(torch.count_nonzero(chosen & (self.scores == math.inf)))
-        return Selection(
-            chosen.nonzero().squeeze(1), stats={"candidates": float(s), "never_seen_share": never_seen / q}
-        )
+        return Selection(mask_positions(chosen), stats={"candidates": float(s), "never_seen_share": never_seen / q})

@@ -20,6 +20,9 @@ import math
 import torch
 from torch import Tensor
 
+from lightning_pruning import host_ops
+from lightning_pruning.selection import mask_positions
+
 # Below this size the threshold is found by one torch.kthvalue; above it a strided sample brackets
 # the threshold first so that the exact selection runs on a thin band of values.
 _EXACT_SELECT_MAX = 1 << 16
@@ -29,12 +32,12 @@ _RANDPERM_TIES_MAX = 1 << 16
 
 
 def _count(mask: Tensor) -> int:
-    return int(torch.count_nonzero(mask))
+    return host_ops.count_true(mask)
 
 
 def _exact_threshold(values: Tensor, k: int) -> tuple[Tensor, int, int, Tensor | None]:
     threshold = torch.kthvalue(values, values.numel() - k + 1).values
-    return threshold, _count(values > threshold), _count(values == threshold), None
+    return threshold, _count(host_ops.greater(values, threshold)), _count(host_ops.equal(values, threshold)), None
 
 
 def _threshold(values: Tensor, k: int) -> tuple[Tensor, int, int, Tensor | None]:
@@ -51,24 +54,24 @@ def _threshold(values: Tensor, k: int) -> tuple[Tensor, int, int, Tensor | None]
     margin = 4.0 * math.sqrt(m * (k / n) * (1.0 - k / n)) + 8.0
     upper = sample[max(0, int(position - margin))]
     lower = sample[min(m - 1, int(position + margin))]
-    at_least_upper_mask = values >= upper
+    at_least_upper_mask = host_ops.greater_equal(values, upper)
     at_least_upper = _count(at_least_upper_mask)
     if at_least_upper >= k:
-        greater = _count(values > upper)
+        greater = _count(host_ops.greater(values, upper))
         if greater < k:
             return upper, greater, at_least_upper - greater, None  # a large tie holds the k-th value
         return _exact_threshold(values, k)
-    band_mask = (values > lower).logical_and_(at_least_upper_mask.logical_not_())  # lower < v < upper
-    band_positions = band_mask.nonzero().squeeze(1)
+    band_mask = host_ops.greater(values, lower).logical_and_(at_least_upper_mask.logical_not_())  # lower < v < upper
+    band_positions = mask_positions(band_mask)
     if at_least_upper + band_positions.numel() >= k:
-        band = values[band_positions]
+        band = torch.index_select(values, 0, band_positions)
         rank = k - at_least_upper  # rank inside the band, counted from its largest entry
         threshold = torch.kthvalue(band, band.numel() - rank + 1).values
         # Every tie of a threshold strictly inside the bracket lies in the band.
         tied = band_positions[band == threshold]
         return threshold, at_least_upper + _count(band > threshold), tied.numel(), tied
     greater = at_least_upper + band_positions.numel()  # entries above lower
-    at_least_lower = _count(values >= lower)
+    at_least_lower = _count(host_ops.greater_equal(values, lower))
     if at_least_lower >= k:
         return lower, greater, at_least_lower - greater, None
     return _exact_threshold(values, k)
@@ -113,7 +116,7 @@ def random_choice(population: int, size: int, generator: torch.Generator) -> Ten
         return torch.randperm(population, generator=generator)[:size]
     # The `size` largest of iid random keys (their own ties broken at random) are a uniform subset.
     keys = torch.rand(population, generator=generator)
-    return top_k_mask(keys, size, generator).nonzero().squeeze(1)
+    return mask_positions(top_k_mask(keys, size, generator)).to(torch.int64)
 
 
 def top_k_mask(values: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -143,10 +146,10 @@ def top_k_mask(values: Tensor, k: int, generator: torch.Generator) -> Tensor:
     if not 0 < need <= equal:
         raise ValueError("top-k selection needs scores without NaN")
     if need == equal:
-        return values >= threshold  # every tie is taken: no draw needed
-    mask = values > threshold
+        return host_ops.greater_equal(values, threshold)  # every tie is taken: no draw needed
+    mask = host_ops.greater(values, threshold)
     if tied is None:
-        tied = (values == threshold).nonzero().squeeze(1)
+        tied = mask_positions(host_ops.equal(values, threshold))
     mask[tied[random_choice(tied.numel(), need, generator)]] = True
     return mask
 
@@ -156,7 +159,7 @@ def top_k_random_ties(values: Tensor, k: int, generator: torch.Generator) -> Ten
 
     See :func:`top_k_mask`.
     """
-    return top_k_mask(values, k, generator).nonzero().squeeze(1)
+    return mask_positions(top_k_mask(values, k, generator)).to(torch.int64)
 
 
 def uniform_subset_mask(num_samples: int, size: int, generator: torch.Generator) -> Tensor:

@@ -1,0 +1,67 @@
+"""Elementwise kernels for the host-side decisions, run through numpy on CPU tensors.
+
+Decisions run once per epoch on CPU tables of N entries. On one thread, torch's CPU kernels for a few
+operations are several times slower than numpy's on the same memory (comparisons that produce a bool
+tensor, ``count_nonzero``, a masked fill); ``benchmarks/overhead.py`` measures the decisions that use
+them. Every function here returns exactly what the torch operation returns (IEEE comparisons; there is no
+``sqrt`` here because the two libraries' vectorised kernels differ in the last bit) and falls back to torch
+for tensors numpy cannot view (not on the CPU, not contiguous, or of a dtype numpy lacks).
+"""
+
+from __future__ import annotations
+
+import numpy
+import torch
+from torch import Tensor
+
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64, torch.int16, torch.uint8, torch.bool)
+
+
+def _viewable(tensor: Tensor) -> bool:
+    return (
+        tensor.device.type == "cpu"
+        and tensor.is_contiguous()
+        and tensor.dtype in _NUMPY_DTYPES
+        and not tensor.requires_grad
+    )
+
+
+def _scalar(threshold: Tensor | float) -> float | int:
+    return threshold.item() if isinstance(threshold, Tensor) else threshold
+
+
+def greater(values: Tensor, threshold: Tensor | float) -> Tensor:
+    """``values > threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
+    if not _viewable(values):
+        return values > threshold
+    return torch.from_numpy(numpy.greater(values.numpy(), _scalar(threshold)))
+
+
+def greater_equal(values: Tensor, threshold: Tensor | float) -> Tensor:
+    """``values >= threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
+    if not _viewable(values):
+        return values >= threshold
+    return torch.from_numpy(numpy.greater_equal(values.numpy(), _scalar(threshold)))
+
+
+def equal(values: Tensor, threshold: Tensor | float) -> Tensor:
+    """``values == threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
+    if not _viewable(values):
+        return values == threshold
+    return torch.from_numpy(numpy.equal(values.numpy(), _scalar(threshold)))
+
+
+def count_true(mask: Tensor) -> int:
+    """The number of ``True`` entries of a bool tensor (``int(torch.count_nonzero(mask))``)."""
+    if not _viewable(mask):
+        return int(torch.count_nonzero(mask))
+    return int(numpy.count_nonzero(mask.numpy()))
+
+
+def subtract_mask_(values: Tensor, mask: Tensor) -> Tensor:
+    """Subtracts 1 from ``values`` where the bool ``mask`` holds, in place (a fast masked shift: keys in
+    ``[0, 1)`` move to ``[-1, 0)``, below every unmasked key); returns ``values``."""
+    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
+        return values.sub_(mask.to(values.dtype))
+    numpy.subtract(values.numpy(), mask.numpy(), out=values.numpy())
+    return values
