@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+import lightning_pruning.selection as selection_module
 from lightning_pruning.methods.random import RS2, RandomPruning, rs2_chunk
 from lightning_pruning.selection import (
     ClassLayout,
@@ -325,9 +327,10 @@ def test_segmented_top_k_by_hand() -> None:
     chunk=st.sampled_from([1, 16, 1 << 22]),
     ties=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
+    topk_max=st.sampled_from([8, 1 << 15]),
 )
 def test_segmented_top_k_equals_a_topk_per_segment(
-    sizes: list[int], shares: list[float], small: int, chunk: int, ties: bool, seed: int
+    sizes: list[int], shares: list[float], small: int, chunk: int, ties: bool, seed: int, topk_max: int
 ) -> None:
     counts = torch.tensor(sizes)
     take = torch.tensor([round(share * size) for share, size in zip(shares, sizes, strict=False)])
@@ -335,7 +338,9 @@ def test_segmented_top_k_equals_a_topk_per_segment(
     keys = torch.randn(int(counts.sum()), generator=generator) * 3
     if ties:
         keys = keys.round()  # many exact ties, negative values and -0.0
-    picked = segmented_top_k(keys, counts, take, small_segment=small, sort_chunk=chunk)
+    # topk_max=8: segments above 8 entries that the shared sort does not rank take the threshold path.
+    with mock.patch.object(selection_module, "_TOPK_MAX", topk_max):
+        picked = segmented_top_k(keys, counts, take, small_segment=small, sort_chunk=chunk)
     assert picked.numel() == int(take.sum()) and picked.unique().numel() == picked.numel()
     assert kept_per_segment(keys, counts, picked) == reference_segment_top_k(keys, counts, take)
 
@@ -374,7 +379,7 @@ def test_stratified_uniform_subset_is_uniform_within_classes() -> None:
 
 
 def test_segmented_top_k_on_huge_segments_takes_ties_and_exact_counts() -> None:
-    # Segments over 2**18 entries take the selection path; heavy ties straddle its thresholds.
+    # Segments over 2**15 entries take the selection path; heavy ties straddle its thresholds.
     generator = torch.Generator().manual_seed(5)
     counts = torch.tensor([300_000, 3, 400_000])
     keys = torch.randint(0, 50, (int(counts.sum()),), generator=generator).float()

@@ -25,8 +25,9 @@ from lightning_pruning.selection import mask_positions
 
 # Below this size the threshold is found by one torch.kthvalue; above it a strided sample brackets
 # the threshold first so that the exact selection runs on a thin band of values.
-_EXACT_SELECT_MAX = 1 << 16
+_EXACT_SELECT_MAX = 1 << 14
 _SAMPLE_SIZE = 1 << 14
+_MIN_SAMPLE_SIZE = 1 << 10
 # Tie sets up to this size are broken with one randperm; larger ones with random keys.
 _RANDPERM_TIES_MAX = 1 << 16
 
@@ -47,7 +48,8 @@ def _threshold(values: Tensor, k: int) -> tuple[Tensor, int, int, Tensor | None]
         raise ValueError(f"k must be in [1, {n}], got {k}")
     if n <= _EXACT_SELECT_MAX:
         return _exact_threshold(values, k)
-    sample = values[:: n // _SAMPLE_SIZE].sort(descending=True).values
+    # A sample of about n / 64 values (at most _SAMPLE_SIZE): its sort stays a small share of the passes over n.
+    sample = values[:: n // min(_SAMPLE_SIZE, max(_MIN_SAMPLE_SIZE, n // 64))].sort(descending=True).values
     m = sample.numel()
     position = k / n * m
     # Four standard deviations of the sample quantile (in sample ranks), plus slack for tiny fractions.

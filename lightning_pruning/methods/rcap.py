@@ -25,7 +25,6 @@ from lightning_pruning.selection import (
     ClassLayout,
     budget,
     check_prune_ratio,
-    gather_in_place,
     index_dtype,
     largest_remainder_round,
     segmented_top_k,
@@ -178,7 +177,7 @@ def sample_within_classes(
         workspace: optional float32 buffer of ``N`` elements used for the keys.
 
     Returns:
-        int64 dataset indices, in no particular order.
+        dataset indices (int32 while N < 2**31, else int64), in no particular order.
     """
     bad = (per_class > layout.counts) | (per_class < 0)
     if bool(bad.any()):
@@ -186,10 +185,9 @@ def sample_within_classes(
         raise ValueError(f"cannot draw {int(per_class[j])} samples from a class of {int(layout.counts[j])}")
     keys = gumbel_noise(layout.order.numel(), generator, out=workspace).add_(grouped_scores, alpha=1.0 / beta)
     positions = segmented_top_k(keys, layout.counts, per_class)
-    del keys  # the keys (4 bytes per sample) are freed before the int64 result is allocated
-    result = positions.to(torch.int64)
-    del positions
-    return gather_in_place(layout.order, result)
+    del keys  # the keys (4 bytes per sample) are freed before the result is allocated
+    # int32 like the positions while N < 2**31 (index_select: advanced indexing is slower on CPU).
+    return torch.index_select(layout.order.to(positions.dtype), 0, positions)
 
 
 def class_loss_signal(grouped_scores: Tensor, counts: Tensor) -> Tensor:
@@ -330,6 +328,7 @@ class RCAP(PruningCallback):
         #: The epoch of each entry of class_budgets / saturated.
         self.budget_epochs: list[int] = []
         self._position = torch.empty(0, dtype=torch.int32)
+        self._budget_stat_names: list[str] = []
 
     @property
     def clip_value(self) -> float:
@@ -405,7 +404,9 @@ class RCAP(PruningCallback):
         self.saturated = [self.saturated[position] for position in keep] + [saturated_ids]
         self.budget_epochs = [self.budget_epochs[position] for position in keep] + [epoch]
 
-        stats = {f"budget_class_{value}": float(count) for value, count in zip(self.class_values, budgets, strict=True)}
+        if len(self._budget_stat_names) != len(self.class_values):  # formatted once, not every epoch
+            self._budget_stat_names = [f"budget_class_{value}" for value in self.class_values]
+        stats = dict(zip(self._budget_stat_names, map(float, budgets), strict=True))
         stats["saturated_classes"] = float(len(saturated_ids))
         stats["budget_total"] = float(sum(budgets))
         return Selection(indices, stats=stats)
