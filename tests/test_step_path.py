@@ -461,6 +461,7 @@ def test_large_epochs_are_handed_out_a_chunk_at_a_time() -> None:
 
 
 def test_the_in_place_shuffle_is_a_pure_function_of_subset_epoch_and_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sampler_module, "_SHUFFLE", "pcg64")  # the in-place kind (earlier versions' default)
     monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 1000)  # the in-place path at a test's size
     subset = torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:3000].sort().values.to(torch.int32)
     assert SubsetSampler(subset, epoch=4, seed=9).rank_positions is None  # shuffled in place: look up by index
@@ -479,6 +480,7 @@ def test_weights_replay_the_in_place_shuffle_in_rank_order(
 ) -> None:
     """Replaying the shuffle on subset-aligned values gives each served index its own value, on every rank, after
     the padding and after a mid-epoch resume, so weights can be sliced per batch with no dense table."""
+    monkeypatch.setattr(sampler_module, "_SHUFFLE", "pcg64")
     monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 1000)
     subset = torch.randperm(9000, generator=torch.Generator().manual_seed(1))[:3001].to(torch.int32)
     values = subset.to(torch.float32) * 0.5 + 1.0  # exact in float32: the value names its index
@@ -501,6 +503,7 @@ def test_a_mid_epoch_position_saved_before_the_in_place_shuffle_resumes_in_its_o
 ) -> None:
     """Loader states without the "shuffle" key were saved by the randperm-and-gather shuffle: the resumed rest of
     the epoch must be that order's rest, or the harvest would pair losses with the wrong samples."""
+    monkeypatch.setattr(sampler_module, "_SHUFFLE", "pcg64")
     monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 100)
     subset = torch.randperm(400, generator=torch.Generator().manual_seed(2))[:150]
     generator = make_generator(7, 3, SHUFFLE_STREAM)
@@ -519,8 +522,33 @@ def test_a_mid_epoch_position_saved_before_the_in_place_shuffle_resumes_in_its_o
     assert torch.equal(current.rank_order, sampler.rank_order[40:])
 
 
+def test_epochs_shuffle_by_randperm_and_in_place_states_of_earlier_versions_resume_in_their_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default shuffle is randperm + gather at every size; a mid-epoch state saved while the default shuffled
+    large subsets in place ("pcg64") still resumes with the rest of that in-place order."""
+    monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 100)
+    subset = torch.randperm(400, generator=torch.Generator().manual_seed(4))[:300].to(torch.int32)
+    current = SubsetSampler(subset, epoch=3, seed=7)
+    permutation = torch.randperm(300, generator=make_generator(7, 3, SHUFFLE_STREAM), dtype=torch.int32)
+    assert torch.equal(current.rank_order, subset[permutation.long()])
+    assert current.position_state(4, 10)["shuffle"] == "torch"
+    positions = current.rank_positions
+    assert positions is not None and torch.equal(subset[positions], current.rank_order)  # weights: one gather
+    monkeypatch.setattr(sampler_module, "_SHUFFLE", "pcg64")
+    earlier = SubsetSampler(subset, epoch=3, seed=7)
+    state = earlier.position_state(4, 10)
+    assert state["shuffle"] == "pcg64" and not torch.equal(earlier.rank_order, current.rank_order)
+    monkeypatch.setattr(sampler_module, "_SHUFFLE", "torch")
+    resumed = SubsetSampler(subset, epoch=3, seed=7)
+    resumed.resume(state, 10)
+    assert torch.equal(resumed.rank_order, earlier.rank_order[40:])
+    assert resumed.position_state(5, 10)["shuffle"] == "pcg64"  # a later save of that epoch keeps its kind
+
+
 def test_weights_follow_the_in_place_shuffle_through_a_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     """InfoBatch's weights reach the loss by index when the subset is shuffled in place (checked every step)."""
+    monkeypatch.setattr(sampler_module, "_SHUFFLE", "pcg64")
     monkeypatch.setattr(sampler_module, "_IN_PLACE_FROM", 8)
     callback = InfoBatch(prune_ratio=0.5, seed=0)
     seen: list[bool] = []

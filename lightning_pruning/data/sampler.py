@@ -16,13 +16,16 @@ from lightning_pruning.selection import derive_seed, make_generator
 SHUFFLE_STREAM = 1
 # Indices converted to Python ints at a time while the loader iterates.
 _CHUNK = 4096
-# How the epoch order is shuffled. "pcg64": a subset of at least _IN_PLACE_FROM indices is shuffled in place
-# (numpy's PCG64 seeded from (seed, epoch)): one pass over memory instead of torch.randperm plus a gather, which
-# is what costs at that size (cache misses); smaller subsets, which fit in cache, take the randperm + gather
-# path, faster there. "torch": always randperm + gather; loader states saved mid-epoch before the "shuffle" key
-# existed resume with it, so the rest of their epoch is the order they were trained in.
-_SHUFFLE = "pcg64"
+# How the epoch order is shuffled, recorded in a mid-epoch loader state so that a resume rebuilds the same order.
+# "torch": torch.randperm (int32) plus an index_select gather, at every size; the default, and the only kind before
+# loader states had a "shuffle" key. "pcg64": a subset of at least _IN_PLACE_FROM indices shuffled in place by
+# numpy's PCG64 seeded from (seed, epoch), smaller ones as "torch"; the default of earlier versions (while the
+# gather was an advanced-indexing one, several times slower), kept so that their mid-epoch states resume in the
+# order they were trained in. With index_select the randperm path is the faster one at every size, and its
+# permutation carries the loss weights (one gather instead of a second shuffle).
+_SHUFFLE = "torch"
 _LEGACY_SHUFFLE = "torch"
+_IN_PLACE_SHUFFLE = "pcg64"
 _IN_PLACE_FROM = 1 << 21
 
 #: ``orderer(subset, generator) -> order``: a custom epoch order of the subset (a permutation of it).
@@ -159,7 +162,7 @@ class SubsetSampler(DistributedSampler):
                     )
                 self._permutation_known = False
                 order = ordered.to(order.dtype)
-            elif self._shuffle_kind == _LEGACY_SHUFFLE or order.numel() < _IN_PLACE_FROM:
+            elif self._shuffle_kind != _IN_PLACE_SHUFFLE or order.numel() < _IN_PLACE_FROM:
                 dtype = torch.int32 if order.numel() < 2**31 else torch.int64
                 self._permutation = torch.randperm(order.numel(), generator=generator, dtype=dtype)
                 # index_select, not order[permutation]: advanced indexing with an int32 index is several times slower.
