@@ -37,6 +37,22 @@ def greater(values: Tensor, threshold: Tensor | float) -> Tensor:
     return torch.from_numpy(numpy.greater(values.numpy(), _scalar(threshold)))
 
 
+def less(values: Tensor, threshold: Tensor | float) -> Tensor:
+    """``values < threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
+    if not _viewable(values):
+        return values < threshold
+    return torch.from_numpy(numpy.less(values.numpy(), _scalar(threshold)))
+
+
+def add_mask_(values: Tensor, mask: Tensor) -> Tensor:
+    """Adds 1 to ``values`` where the bool ``mask`` holds, in place (keys in ``[0, 1)`` move to ``[1, 2)``, above
+    every unmasked key); returns ``values``."""
+    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
+        return values.add_(mask.to(values.dtype))
+    numpy.add(values.numpy(), mask.numpy(), out=values.numpy())
+    return values
+
+
 def greater_equal(values: Tensor, threshold: Tensor | float) -> Tensor:
     """``values >= threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
     if not _viewable(values):

@@ -24,6 +24,7 @@ def test_comparisons_match_torch_at_a_value_of_the_table(values: list[float], pi
     for ours, theirs in (
         (host_ops.greater, torch.gt),
         (host_ops.greater_equal, torch.ge),
+        (host_ops.less, torch.lt),
         (host_ops.equal, torch.eq),
     ):
         result = ours(table, threshold)
@@ -42,6 +43,10 @@ def test_subtract_mask_moves_masked_keys_below_every_other_key(size: int, seed: 
     mask = torch.rand(size, generator=generator) < 0.5
     shifted = host_ops.subtract_mask_(keys.clone(), mask)
     assert torch.equal(shifted, keys - mask.to(torch.float32))
+    raised = host_ops.add_mask_(keys.clone(), mask)
+    assert torch.equal(raised, keys + mask.to(torch.float32))
+    if bool(mask.any()) and not bool(mask.all()):
+        assert float(raised[mask].min()) >= 1.0 > float(raised[~mask].max())
     if bool(mask.any()) and not bool(mask.all()):
         assert float(shifted[mask].max()) < 0.0 <= float(shifted[~mask].min())
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_pruning import host_ops
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
+from lightning_pruning.methods.ranking import top_k_mask
 from lightning_pruning.methods.registry import register
 from lightning_pruning.selection import mask_positions
 
@@ -32,8 +34,7 @@ class InfoBatchDecision:
     """The outcome of one InfoBatch selection.
 
     Attributes:
-        indices: kept dataset indices (int32 while N < 2**31, else int64): every sample not well-learned
-            first (ascending), then the kept well-learned ones (in random order).
+        indices: kept dataset indices (int32 while N < 2**31, else int64), ascending.
         weights: float32 loss weight of each kept sample (1, or ``1 / keep_probability`` for kept
             well-learned samples), aligned with ``indices``.
         threshold: the mean of the known scores.
@@ -65,7 +66,7 @@ def infobatch_select(
         weight 1.
     """
     num_samples = scores.numel()
-    num_scored = num_samples if scored is None else int(torch.count_nonzero(scored))
+    num_scored = num_samples if scored is None else host_ops.count_true(scored)
     if num_scored == 0:
         return InfoBatchDecision(torch.arange(num_samples), torch.ones(num_samples), float("nan"), 0)
     # float32 cascade summation is accurate to ~1e-7 relative and 10x faster than a float64 pass.
@@ -74,28 +75,33 @@ def infobatch_select(
     # make every sample "below the mean". The true mean never exceeds the largest score, so clamp to it.
     largest = scores.max() if scored is None or num_scored == num_samples else scores[scored].max()
     threshold = min(threshold, float(largest))
-    well_learned = scores < threshold
+    well_learned = host_ops.less(scores, threshold)
     if scored is not None and num_scored < num_samples:
         well_learned &= scored
-    num_learned = int(torch.count_nonzero(well_learned))
+    num_learned = host_ops.count_true(well_learned)
     num_other = num_samples - num_learned
     keep_probability = infobatch_keep_probability(prune_ratio)
     # The relative 1e-12 guards the floor against float noise: 1 - 0.55 = 0.4499999... keeps 9 of 20, not 8.
     num_kept = math.floor(keep_probability * num_learned * (1.0 + 1e-12))
-    # int32 ids while N < 2**31 (nonzero's int64 would double them), written straight into the output, and each
-    # temporary freed as soon as it is used: the peak stays under twice the kept subset's int64 size.
-    learned_ids = mask_positions(well_learned)
-    indices = torch.empty(num_other + num_kept, dtype=learned_ids.dtype)
-    mask_positions(well_learned, invert=True, out=indices[:num_other])
+    if num_kept == num_learned:
+        kept = torch.ones(num_samples, dtype=torch.bool)
+    else:
+        # One uniform key per sample, every sample that is not well-learned lifted to [1, 2): the
+        # num_other + num_kept largest keys are all of those plus a uniform draw of num_kept well-learned ones
+        # (ties broken at random). One pass of random keys over N is cheaper than a permutation of the
+        # well-learned samples, and the kept set comes out as one mask, in index order.
+        keys = host_ops.add_mask_(torch.rand(num_samples, generator=generator), well_learned.logical_not())
+        kept = top_k_mask(keys, num_other + num_kept, generator)
+        del keys
+    # int32 ids while N < 2**31 (nonzero's int64 would double them).
+    indices = mask_positions(kept)
+    del kept
+    # Weight w = float32(1 / keep) for the kept well-learned samples, 1 for the others, as flag * (w - 1) + 1:
+    # w - 1 is exact in float32 for 1 <= w < 2**24, so both products and sums are exact.
+    up_weight = float(torch.tensor(1.0 / keep_probability, dtype=torch.float32))
+    weights = torch.index_select(well_learned, 0, indices).to(torch.float32)
     del well_learned
-    # An int32 permutation is twice as fast as int64 and covers any realistic dataset.
-    picks = torch.randperm(num_learned, generator=generator, dtype=torch.int32 if num_learned < 2**31 else torch.int64)[
-        :num_kept
-    ]
-    torch.index_select(learned_ids, 0, picks, out=indices[num_other:])  # faster than advanced indexing
-    del picks, learned_ids
-    weights = torch.ones(indices.numel())
-    weights[num_other:] = 1.0 / keep_probability
+    weights.mul_(up_weight - 1.0).add_(1.0)
     return InfoBatchDecision(indices, weights, threshold, num_learned)
 
 
@@ -179,10 +185,11 @@ class InfoBatch(PruningCallback):
         self.scored[harvest.indices] = True
 
     def select(self, epoch: int, generator: torch.Generator) -> Selection:
-        if epoch == 0 or not bool(self.scored.any()):
+        num_scored = host_ops.count_true(self.scored)
+        if epoch == 0 or num_scored == 0:
             # Epoch 0 (or a resume without state) trains on everything to score every sample.
             return Selection(torch.arange(self.num_samples), stats={"well_learned_fraction": 0.0})
-        all_scored = bool(self.scored.all())
+        all_scored = num_scored == self.num_samples
         decision = infobatch_select(self.scores, self.prune_ratio, generator, None if all_scored else self.scored)
         return Selection(
             decision.indices,

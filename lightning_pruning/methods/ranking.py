@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy
 import torch
 from torch import Tensor
 
@@ -49,7 +50,10 @@ def _threshold(values: Tensor, k: int) -> tuple[Tensor, int, int, Tensor | None]
     if n <= _EXACT_SELECT_MAX:
         return _exact_threshold(values, k)
     # A sample of about n / 64 values (at most _SAMPLE_SIZE): its sort stays a small share of the passes over n.
-    sample = values[:: n // min(_SAMPLE_SIZE, max(_MIN_SAMPLE_SIZE, n // 64))].sort(descending=True).values
+    # numpy's sort: several times faster than torch's on CPU; only the sorted values are used (descending).
+    sample = torch.from_numpy(
+        numpy.sort(values[:: n // min(_SAMPLE_SIZE, max(_MIN_SAMPLE_SIZE, n // 64))].numpy())[::-1].copy()
+    )
     m = sample.numel()
     position = k / n * m
     # Four standard deviations of the sample quantile (in sample ranks), plus slack for tiny fractions.
