@@ -14,6 +14,7 @@ import math
 import sys
 from dataclasses import dataclass
 
+import numpy
 import torch
 from torch import Tensor
 
@@ -33,6 +34,7 @@ MIN_KEEP_RATIO = 0.1
 _PREFIX_BLOCK = 256
 #: Values converted to float64 at a time while summing blocks (a multiple of the block).
 _PREFIX_CHUNK = 1 << 18
+_BLOCK_OFFSETS = numpy.arange(_PREFIX_BLOCK)
 
 
 class _PrefixSums:
@@ -64,6 +66,23 @@ class _PrefixSums:
 
     def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Sums of ``values[:i] - shift`` and of their squares for every ``i`` in ``positions`` (int64)."""
+        values = _as_numpy(self.values)
+        if values is None:
+            return self._at_torch(positions)
+        # numpy on these small arrays: Lloyd's iterations call this a few dozen times per decision, and torch's
+        # per-operation overhead on tiny tensors is several times numpy's.
+        where = positions.numpy()
+        block = where // _PREFIX_BLOCK
+        inside = _BLOCK_OFFSETS < (where - block * _PREFIX_BLOCK)[:, None]
+        gather = numpy.minimum(block[:, None] * _PREFIX_BLOCK + _BLOCK_OFFSETS, values.size - 1)
+        part = (values[gather].astype(numpy.float64) - self.shift) * inside
+        sums, squares = self.sums.numpy(), self.squares.numpy()
+        return (
+            torch.from_numpy(sums[block] + part.sum(1)),
+            torch.from_numpy(squares[block] + numpy.square(part).sum(1)),
+        )
+
+    def _at_torch(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         block = positions // _PREFIX_BLOCK
         offsets = torch.arange(_PREFIX_BLOCK)
         inside = offsets < (positions - block * _PREFIX_BLOCK)[:, None]
@@ -72,9 +91,33 @@ class _PrefixSums:
         return self.sums[block] + part.sum(1), self.squares[block] + part.square().sum(1)
 
 
+def _as_numpy(values: Tensor) -> numpy.ndarray | None:
+    """A numpy view of a CPU float tensor, strided or not (``None`` for dtypes numpy lacks, e.g. bfloat16)."""
+    if values.device.type != "cpu" or values.dtype not in (torch.float32, torch.float64, torch.float16):
+        return None
+    return values.numpy()
+
+
 def _count_at_most(sorted_values: Tensor, targets: Tensor) -> Tensor:
     """``searchsorted(sorted_values, targets, right=True)`` by a vectorised binary search that reads the values
-    where they lie (``torch.searchsorted`` first copies a strided input); targets are float64."""
+    where they lie (``torch.searchsorted`` and ``numpy.searchsorted`` first copy a strided input); targets are
+    float64."""
+    size = sorted_values.numel()
+    values = _as_numpy(sorted_values)
+    if values is None:
+        return _count_at_most_torch(sorted_values, targets)
+    goal = targets.numpy()
+    low = numpy.zeros(goal.size, dtype=numpy.int64)
+    high = numpy.full(goal.size, size, dtype=numpy.int64)
+    for _ in range(size.bit_length()):
+        middle = (low + high) >> 1
+        active = low < high
+        below = (values[numpy.minimum(middle, size - 1)].astype(numpy.float64) <= goal) & active
+        low, high = numpy.where(below, middle + 1, low), numpy.where(active & ~below, middle, high)
+    return torch.from_numpy(low)
+
+
+def _count_at_most_torch(sorted_values: Tensor, targets: Tensor) -> Tensor:
     size = sorted_values.numel()
     low = torch.zeros(targets.numel(), dtype=torch.int64)
     high = torch.full((targets.numel(),), size, dtype=torch.int64)
@@ -101,15 +144,24 @@ def _optimal_segments(values: Tensor, sums: _PrefixSums, k: int, bins: int) -> T
     edges = torch.unique(torch.cat([by_count, by_value, torch.tensor([0, m])]))
     first, second = sums.at(edges)  # centred on the mean: smaller sums, less cancellation in the SSE
     count = edges.to(torch.float64)
+    # The (edges x edges) float64 tables are built in place: each fresh 8 MB temporary costs milliseconds of page
+    # faults, more than the arithmetic. Row l, column i: the run from edge l to edge i.
     gap = count[None, :] - count[:, None]  # samples between edge l (row) and edge i (column)
     between = first[None, :] - first[:, None]
-    cost = (second[None, :] - second[:, None]) - between * between / gap.clamp_min(1.0)
-    cost = torch.where(gap > 0, cost.clamp_min(0.0), torch.tensor(math.inf, dtype=torch.float64))
+    cost = second[None, :] - second[:, None]
+    cost.sub_(between.square_().div_(gap.clamp_min(1.0)))
+    del between
+    cost.clamp_min_(0.0).masked_fill_(gap <= 0, math.inf)
+    del gap
     best = cost[0]  # one run from edge 0 to edge i
+    # Transposed (column i contiguous): the minimum over l of best[l] + cost[l, i] reduces along rows, several
+    # times faster than a strided reduction with indices.
+    cost_by_end = cost.t().contiguous()
+    del cost
+    total = torch.empty_like(cost_by_end)
     choices = []
     for _ in range(1, k):
-        total = best[:, None] + cost
-        best, choice = total.min(0)
+        best, choice = torch.add(cost_by_end, best[None, :], out=total).min(1)
         choices.append(choice)
     ends = [edges.numel() - 1]
     for choice in reversed(choices):
@@ -221,7 +273,8 @@ def _sort_keys_in_place(subset: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]
     """
     for start in range(0, subset.numel(), _PREFIX_CHUNK):
         part = subset[start : start + _PREFIX_CHUNK]
-        bits = (scores[part] + 0.0).view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into +0.0
+        bits = torch.index_select(scores, 0, part).add_(0.0)  # + 0.0 turns -0.0 into +0.0
+        bits = bits.view(torch.int32).to(torch.int64)
         part.bitwise_or_(bits.bitwise_left_shift_(32))
     subset.numpy().sort()  # in place (torch.sort would return a copy and int64 positions)
     low_word, high_word = (0, 1) if sys.byteorder == "little" else (1, 0)
