@@ -145,8 +145,8 @@ class _RunningLossBandit(PruningCallback):
 
     def _selection(self, chosen: Tensor, **stats: float) -> Selection:
         """The Selection of a boolean mask, with the share of never-trained samples in it."""
-        never_seen = int(torch.count_nonzero(chosen & (self.loss_mean == math.inf)))
-        size = int(torch.count_nonzero(chosen))
+        never_seen = host_ops.count_true(host_ops.equal(self.loss_mean, math.inf).logical_and_(chosen))
+        size = host_ops.count_true(chosen)
         return Selection(mask_positions(chosen), stats={"never_seen_share": never_seen / max(size, 1), **stats})
 
 
@@ -285,7 +285,7 @@ class UCB(_RunningLossBandit):
         del index  # freed before the subset's indices are made
         stats: dict[str, float] = {}
         if self.bonus == "count":
-            never_again = int(torch.count_nonzero(self.visits == 1))
+            never_again = host_ops.count_true(host_ops.equal(self.visits, 1))
             stats["trained_once_fraction"] = never_again / max(self.num_samples, 1)
         return self._selection(chosen, **stats)
 

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_pruning import host_ops
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.ranking import top_k_mask, uniform_subset_mask
 from lightning_pruning.methods.registry import register
@@ -173,5 +174,5 @@ class OrderDP(PruningCallback):
     def select(self, epoch: int, generator: torch.Generator) -> Selection:
         q, s = self.budget_size, self.candidates
         chosen = orderdp_select_mask(self.scores, q, s, generator)
-        never_seen = int(torch.count_nonzero(chosen & (self.scores == math.inf)))
+        never_seen = host_ops.count_true(host_ops.equal(self.scores, math.inf).logical_and_(chosen))
         return Selection(mask_positions(chosen), stats={"candidates": float(s), "never_seen_share": never_seen / q})

@@ -216,7 +216,8 @@ class RePB(PruningCallback):
         decision = repb_next_subset(self.trained, self.below, self.rho, generator, resampling=self.resampling)
         weights = None
         if self.temporal_rescaling:
-            weights = ctr_weights(self.train_counts[decision.indices], self.epochs_counted, self.max_weight)
+            counts = torch.index_select(self.train_counts, 0, decision.indices)  # not [...]: faster on CPU
+            weights = ctr_weights(counts, self.epochs_counted, self.max_weight)
         return Selection(
             decision.indices,
             weights,
