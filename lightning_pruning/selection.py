@@ -229,7 +229,9 @@ def index_dtype(num_samples: int) -> torch.dtype:
     return torch.int32 if num_samples < 2**31 else torch.int64
 
 
-def mask_positions(mask: Tensor, *, invert: bool = False, out: Tensor | None = None) -> Tensor:
+def mask_positions(
+    mask: Tensor, *, invert: bool = False, out: Tensor | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
     """Ascending positions of the ``True`` entries of a 1-D bool ``mask`` (of the ``False`` ones with
     ``invert``), in :func:`index_dtype` of its length.
 
@@ -242,10 +244,12 @@ def mask_positions(mask: Tensor, *, invert: bool = False, out: Tensor | None = N
         mask: 1-D bool tensor (a CPU tensor; decisions run on the host).
         invert: take the ``False`` entries instead.
         out: optional 1-D tensor of exactly the number of hits to write into (e.g. a slice of a larger result).
+        dtype: the result's dtype when ``out`` is not given (default :func:`index_dtype`; ``torch.int64`` for
+            callers that need it, written directly instead of widened from an int32 copy).
     """
     if out is None:
         hits = int(torch.count_nonzero(mask))
-        out = torch.empty(mask.numel() - hits if invert else hits, dtype=index_dtype(mask.numel()))
+        out = torch.empty(mask.numel() - hits if invert else hits, dtype=dtype or index_dtype(mask.numel()))
     flags = mask.contiguous().numpy()
     target = out.numpy() if out.is_contiguous() else None
     filled = 0

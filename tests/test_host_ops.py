@@ -76,6 +76,8 @@ def test_mask_positions_equals_nonzero(size: int, density: float, seed: int, inv
     positions = mask_positions(mask, invert=invert)
     assert positions.dtype == torch.int32
     assert torch.equal(positions.to(torch.int64), expected)
+    wide_result = mask_positions(mask, invert=invert, dtype=torch.int64)
+    assert wide_result.dtype == torch.int64 and torch.equal(wide_result, expected)
     # Into a slice of a larger int64 tensor, and into a non-contiguous view.
     wide = torch.full((expected.numel() + 3,), -7, dtype=torch.int64)
     mask_positions(mask, invert=invert, out=wide[2 : 2 + expected.numel()])

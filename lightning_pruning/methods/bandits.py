@@ -50,7 +50,7 @@ def epsilon_greedy_mask(mean: Tensor, budget_size: int, random_picks: int, gener
 
 def epsilon_greedy_select(mean: Tensor, budget_size: int, random_picks: int, generator: torch.Generator) -> Tensor:
     """The K dataset indices (int64, ascending) of :func:`epsilon_greedy_mask`."""
-    return mask_positions(epsilon_greedy_mask(mean, budget_size, random_picks, generator)).to(torch.int64)
+    return mask_positions(epsilon_greedy_mask(mean, budget_size, random_picks, generator), dtype=torch.int64)
 
 
 def ucb_index(

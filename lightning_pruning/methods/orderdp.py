@@ -52,7 +52,7 @@ def orderdp_select_mask(scores: Tensor, budget_size: int, candidates: int, gener
 
 def orderdp_select(scores: Tensor, budget_size: int, candidates: int, generator: torch.Generator) -> Tensor:
     """The q dataset indices (int64, ascending) of :func:`orderdp_select_mask`."""
-    return mask_positions(orderdp_select_mask(scores, budget_size, candidates, generator)).to(torch.int64)
+    return mask_positions(orderdp_select_mask(scores, budget_size, candidates, generator), dtype=torch.int64)
 
 
 def orderdp_surrogate_weights(num_samples: int, candidates: int, budget_size: int) -> Tensor:

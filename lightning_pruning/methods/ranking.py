@@ -122,7 +122,7 @@ def random_choice(population: int, size: int, generator: torch.Generator) -> Ten
         return torch.randperm(population, generator=generator)[:size]
     # The `size` largest of iid random keys (their own ties broken at random) are a uniform subset.
     keys = torch.rand(population, generator=generator)
-    return mask_positions(top_k_mask(keys, size, generator)).to(torch.int64)
+    return mask_positions(top_k_mask(keys, size, generator), dtype=torch.int64)
 
 
 def top_k_mask(values: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -165,7 +165,7 @@ def top_k_random_ties(values: Tensor, k: int, generator: torch.Generator) -> Ten
 
     See :func:`top_k_mask`.
     """
-    return mask_positions(top_k_mask(values, k, generator)).to(torch.int64)
+    return mask_positions(top_k_mask(values, k, generator), dtype=torch.int64)
 
 
 def uniform_subset_mask(num_samples: int, size: int, generator: torch.Generator) -> Tensor:
