@@ -296,12 +296,12 @@ def segmented_top_k(
 
     The segments are consecutive slices of ``keys`` (a class-grouped table). Segments taken whole or
     not at all need no comparison. Partial segments of at most ``small_segment`` entries are all ranked
-    by ONE integer sort of ``(segment id, descending key)`` composites (radix sort, no Python loop);
-    larger ones, of which there are at most ``N / small_segment``, get one ``torch.topk`` each (the
-    per-call overhead is small next to the segment's own cost), and segments over ``2**18`` entries
-    their k-th largest key by selection (:func:`~lightning_pruning.methods.ranking.threshold_with_counts`,
-    no 12-byte-per-entry copy). Keys tied at a segment's threshold are taken in an unspecified but
-    deterministic order.
+    by ONE integer sort of ``(segment id, descending key)`` composites, no Python loop (only the sorted
+    values are used: each segment's ``take[j]``-th composite is its threshold); larger ones, of which there
+    are at most ``N / small_segment``, get one ``torch.topk`` each (the per-call overhead is small next to
+    the segment's own cost), and segments over ``2**15`` entries their k-th largest key by selection
+    (:func:`~lightning_pruning.methods.ranking.threshold_with_counts`, no 12-byte-per-entry copy). Keys tied
+    at a segment's threshold are taken in an unspecified but deterministic order.
 
     Args:
         keys: 1-D float keys without NaN, shape ``(N,)``.
