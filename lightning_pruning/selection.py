@@ -236,19 +236,22 @@ def mask_positions(
     ``invert``), in :func:`index_dtype` of its length.
 
     ``torch.nonzero``, boolean indexing and ``masked_select`` all build an int64 position list of every hit
-    (8 bytes each) and are several times slower on CPU than numpy's
-    ``flatnonzero``. This runs ``flatnonzero`` over chunks of ``2**20`` entries and narrows each into the result, so
-    a decision's peak memory holds the int32 result (4 bytes a hit) plus one chunk.
+    (8 bytes each) and are several times slower on CPU than numpy's ``flatnonzero``. This runs
+    ``flatnonzero`` over chunks of ``2**20`` entries and narrows each into the result, so a decision's peak
+    memory holds the int32 result (4 bytes a hit) plus one chunk.
 
     Args:
-        mask: 1-D bool tensor (a CPU tensor; decisions run on the host).
+        mask: 1-D bool tensor (decisions run on the host; a device tensor is copied to the CPU first).
         invert: take the ``False`` entries instead.
-        out: optional 1-D tensor of exactly the number of hits to write into (e.g. a slice of a larger result).
+        out: optional 1-D CPU tensor of exactly the number of hits to write into (e.g. a slice of a larger
+            result).
         dtype: the result's dtype when ``out`` is not given (default :func:`index_dtype`; ``torch.int64`` for
             callers that need it, written directly instead of widened from an int32 copy).
     """
+    if mask.device.type != "cpu":
+        mask = mask.cpu()
     if out is None:
-        hits = int(torch.count_nonzero(mask))
+        hits = host_ops.count_true(mask)
         out = torch.empty(mask.numel() - hits if invert else hits, dtype=dtype or index_dtype(mask.numel()))
     flags = mask.contiguous().numpy()
     target = out.numpy() if out.is_contiguous() else None

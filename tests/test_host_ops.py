@@ -88,6 +88,12 @@ def test_mask_positions_equals_nonzero(size: int, density: float, seed: int, inv
     assert torch.equal(strided[::2].to(torch.int64), expected)
 
 
+def test_mask_positions_of_a_non_contiguous_mask() -> None:
+    mask = (torch.arange(40) % 3 == 0)[::2]  # a strided view
+    assert not mask.is_contiguous()
+    assert torch.equal(mask_positions(mask).long(), mask.nonzero().squeeze(1))
+
+
 def test_mask_positions_spans_several_chunks_and_checks_out_size(monkeypatch: pytest.MonkeyPatch) -> None:
     import lightning_pruning.selection as selection
 
