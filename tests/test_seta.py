@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+import lightning_pruning.methods.seta as seta_module
 from lightning_pruning.methods.base import Harvest
 from lightning_pruning.methods.registry import METHODS
 from lightning_pruning.methods.seta import SeTa, kmeans_1d, seta_select, window_start
@@ -70,6 +71,39 @@ def test_kmeans_1d_is_a_lloyd_fixed_point(values: list[float], k: int) -> None:
     for boundary in ends[:-1].tolist():
         if 0 < boundary < len(values):
             assert sorted_values[boundary - 1] < sorted_values[boundary]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=3000),
+    seed=st.integers(min_value=0, max_value=2**31),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    strided=st.booleans(),
+)
+def test_kmeans_helpers_read_strided_and_narrow_tables_like_torch(
+    size: int, seed: int, dtype: torch.dtype, strided: bool
+) -> None:
+    """The numpy binary search and prefix sums (float32/float64 views, strided or not) and their torch fallbacks
+    (dtypes numpy lacks) give searchsorted's counts and float64 sums of the same values."""
+    generator = torch.Generator().manual_seed(seed)
+    values = (torch.rand(size, generator=generator) * 5).round(decimals=1).sort().values.to(dtype)
+    if strided:
+        buffer = torch.zeros(2 * size, dtype=dtype)
+        buffer[1::2] = values
+        values = buffer[1::2]
+    wide = values.to(torch.float64)
+    targets = torch.cat([wide[torch.randint(0, size, (7,), generator=generator)], torch.tensor([-1.0, 0.05, 9.0])])
+    expected = torch.searchsorted(wide.contiguous(), targets, right=True)
+    assert torch.equal(seta_module._count_at_most(values, targets), expected)
+    shift = float(wide.mean())
+    sums = seta_module._PrefixSums(values, shift)
+    positions = torch.tensor(sorted({0, size, *torch.randint(0, size + 1, (9,), generator=generator).tolist()}))
+    first, second = sums.at(positions)
+    centred = wide - shift
+    want_first = torch.stack([centred[:i].sum() for i in positions.tolist()])
+    want_second = torch.stack([centred[:i].square().sum() for i in positions.tolist()])
+    torch.testing.assert_close(first, want_first, rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(second, want_second, rtol=1e-12, atol=1e-9)
 
 
 def _sse(values: list[float], ends: list[int]) -> float:
