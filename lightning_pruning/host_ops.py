@@ -3,9 +3,9 @@
 Decisions run once per epoch on CPU tables of N entries. On one thread, torch's CPU kernels for a few
 operations are several times slower than numpy's on the same memory (comparisons that produce a bool
 tensor, ``count_nonzero``, a masked fill); ``benchmarks/overhead.py`` measures the decisions that use
-them. Every function here returns exactly what the torch operation returns (IEEE comparisons; there is no
-``sqrt`` here because the two libraries' vectorised kernels differ in the last bit) and falls back to torch
-for tensors numpy cannot view (not on the CPU, not contiguous, or of a dtype numpy lacks).
+them. Every function here returns exactly what the torch operation returns (IEEE comparisons), except
+:func:`sqrt`, which is correctly rounded where torch's vectorised CPU kernel is not always; all fall back
+to torch for tensors numpy cannot view (not on the CPU, not contiguous, or of a dtype numpy lacks).
 """
 
 from __future__ import annotations
@@ -72,6 +72,26 @@ def count_true(mask: Tensor) -> int:
     if not _viewable(mask):
         return int(torch.count_nonzero(mask))
     return int(numpy.count_nonzero(mask.numpy()))
+
+
+def sqrt(values: Tensor) -> Tensor:
+    """The correctly rounded (IEEE) square root of a float tensor, as a new tensor.
+
+    torch's vectorised CPU ``sqrt`` returns a float32 result one ulp off the correctly rounded one for a
+    sizeable share of inputs (measured on torch 2.14's AVX2 kernel), so it can differ between CPU builds, and
+    it takes a slow path on zeros, which fresh variance tables are full of. numpy's is the hardware's, exact.
+    """
+    if not _viewable(values) or not values.is_floating_point():
+        return values.sqrt()
+    return torch.from_numpy(numpy.sqrt(values.numpy()))
+
+
+def sqrt_(values: Tensor) -> Tensor:
+    """:func:`sqrt` in place; returns ``values``."""
+    if not _viewable(values) or not values.is_floating_point():
+        return values.sqrt_()
+    numpy.sqrt(values.numpy(), out=values.numpy())
+    return values
 
 
 def subtract_mask_(values: Tensor, mask: Tensor) -> Tensor:

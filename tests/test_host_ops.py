@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy
 import pytest
 import torch
 from hypothesis import given, settings
@@ -33,6 +34,19 @@ def test_comparisons_match_torch_at_a_value_of_the_table(values: list[float], pi
         assert torch.equal(ours(table, float(threshold)), theirs(table, threshold))
     mask = table > threshold
     assert host_ops.count_true(mask) == int(torch.count_nonzero(mask))
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.floats(min_value=0.0, width=32), min_size=1, max_size=300))
+def test_sqrt_is_the_correctly_rounded_square_root(values: list[float]) -> None:
+    table = torch.tensor([*values, 0.0, 1.1, math.inf], dtype=torch.float32)
+    exact = torch.from_numpy(numpy.sqrt(table.numpy().astype(numpy.float64)).astype(numpy.float32))
+    # sqrt in float64 rounded to float32 is the correctly rounded float32 sqrt (53 >= 2 * 24 + 2 bits).
+    assert torch.equal(host_ops.sqrt(table), exact)
+    in_place = table.clone()
+    assert host_ops.sqrt_(in_place) is in_place and torch.equal(in_place, exact)
+    strided = table.repeat_interleave(2)[::2]
+    assert torch.equal(host_ops.sqrt(strided), strided.sqrt())  # falls back to torch
 
 
 @settings(max_examples=100, deadline=None)

@@ -88,11 +88,12 @@ def ucb_index(
         # operations in the same order as mean + c * sqrt(ln t / max(n, 1)) (torch computes a scalar over a
         # tensor as its reciprocal times the scalar). n = 0 only for never-trained
         # samples, whose μ is already +inf; the clamp avoids 0/0.
-        index = visits.to(mean.dtype).clamp_min_(1.0).reciprocal_().mul_(math.log(round_number)).sqrt_()
+        index = host_ops.sqrt_(visits.to(mean.dtype).clamp_min_(1.0).reciprocal_().mul_(math.log(round_number)))
     else:
         if variance is None:
             raise ValueError(f"the {bonus!r} bonus needs `variance`")
-        index = variance.sqrt() if bonus == "std" else variance.clone()
+        # A correctly rounded sqrt: the same index on every CPU build (host_ops.sqrt).
+        index = host_ops.sqrt(variance) if bonus == "std" else variance.clone()
     return torch.add(mean, index.mul_(c), out=index)
 
 
