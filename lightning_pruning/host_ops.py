@@ -74,6 +74,15 @@ def count_true(mask: Tensor) -> int:
     return int(numpy.count_nonzero(mask.numpy()))
 
 
+def kth_smallest(values: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest entry (1-based) of a 1-D tensor without NaN, as a 0-dim tensor of its dtype: the value
+    of ``torch.kthvalue(values, k).values``, by numpy's ``partition`` (about ten times faster on CPU, and its
+    working copy holds the values only, not torch's int64 indices beside them)."""
+    if not _viewable(values):
+        return torch.kthvalue(values, k).values
+    return torch.tensor(numpy.partition(values.numpy(), k - 1)[k - 1], dtype=values.dtype)
+
+
 def sqrt(values: Tensor) -> Tensor:
     """The correctly rounded (IEEE) square root of a float tensor, as a new tensor.
 

@@ -37,6 +37,18 @@ def test_comparisons_match_torch_at_a_value_of_the_table(values: list[float], pi
 
 
 @settings(max_examples=200, deadline=None)
+@given(values=floats, pick=st.integers(min_value=0, max_value=10**6))
+def test_kth_smallest_is_kthvalue(values: list[float], pick: int) -> None:
+    table = torch.tensor(values, dtype=torch.float32)
+    k = pick % table.numel() + 1
+    ours = host_ops.kth_smallest(table, k)
+    assert ours.dtype == torch.float32 and ours.dim() == 0
+    assert float(ours) == float(torch.kthvalue(table, k).values)  # -0.0 == 0.0: equal as values
+    wide = table.to(torch.float64)[::1]
+    assert float(host_ops.kth_smallest(wide, k)) == float(torch.kthvalue(wide, k).values)
+
+
+@settings(max_examples=200, deadline=None)
 @given(values=st.lists(st.floats(min_value=0.0, width=32), min_size=1, max_size=300))
 def test_sqrt_is_the_correctly_rounded_square_root(values: list[float]) -> None:
     table = torch.tensor([*values, 0.0, 1.1, math.inf], dtype=torch.float32)

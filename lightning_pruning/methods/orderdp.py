@@ -26,8 +26,9 @@ def candidate_count(num_samples: int, budget_size: int, top_ratio: float) -> int
     return max(budget_size, min(num_samples, round(budget_size / top_ratio)))
 
 
-def orderdp_select_mask(scores: Tensor, budget_size: int, candidates: int, generator: torch.Generator) -> Tensor:
-    """One OrderDP decision as a boolean mask: s uniform candidates, the q largest scores among them.
+def orderdp_positions(scores: Tensor, budget_size: int, candidates: int, generator: torch.Generator) -> Tensor:
+    """One OrderDP decision: s uniform candidates, the q largest scores among them, as ascending dataset ids
+    (int32 while N < 2**31).
 
     Ties (e.g. the ``+inf`` of never-trained samples) are broken uniformly at random.
 
@@ -36,23 +37,29 @@ def orderdp_select_mask(scores: Tensor, budget_size: int, candidates: int, gener
         budget_size: q, the number of samples trained this epoch.
         candidates: s, the size of the uniform candidate set, ``q <= s <= N``.
         generator: source of all randomness.
-
-    Returns:
-        Boolean mask over the N samples with exactly q entries set.
     """
     num_samples = scores.numel()
     if not 0 <= budget_size <= candidates <= num_samples:
         raise ValueError(f"need 0 <= q <= s <= N, got q={budget_size}, s={candidates}, N={num_samples}")
-    if candidates < num_samples:
-        # Non-candidates drop to -inf: every candidate score (finite or +inf) ranks above them.
-        pool = uniform_subset_mask(num_samples, candidates, generator)
-        scores = torch.where(pool, scores, torch.tensor(-math.inf, dtype=scores.dtype))
-    return top_k_mask(scores, budget_size, generator)
+    if candidates == num_samples:
+        return mask_positions(top_k_mask(scores, budget_size, generator))
+    # The top q of the candidates' own scores: the same threshold and, the candidates taken in index order, the
+    # same tie draw as ranking all N with the non-candidates at -inf, without an N-sized masked copy.
+    pool = mask_positions(uniform_subset_mask(num_samples, candidates, generator))
+    top = top_k_mask(torch.index_select(scores, 0, pool), budget_size, generator)
+    return torch.index_select(pool, 0, mask_positions(top))
+
+
+def orderdp_select_mask(scores: Tensor, budget_size: int, candidates: int, generator: torch.Generator) -> Tensor:
+    """:func:`orderdp_positions` as a boolean mask over the N samples with exactly q entries set."""
+    chosen = torch.zeros(scores.numel(), dtype=torch.bool)
+    chosen[orderdp_positions(scores, budget_size, candidates, generator).long()] = True
+    return chosen
 
 
 def orderdp_select(scores: Tensor, budget_size: int, candidates: int, generator: torch.Generator) -> Tensor:
-    """The q dataset indices (int64, ascending) of :func:`orderdp_select_mask`."""
-    return mask_positions(orderdp_select_mask(scores, budget_size, candidates, generator), dtype=torch.int64)
+    """The q dataset indices (int64, ascending) of :func:`orderdp_positions`."""
+    return orderdp_positions(scores, budget_size, candidates, generator).to(torch.int64)
 
 
 def orderdp_surrogate_weights(num_samples: int, candidates: int, budget_size: int) -> Tensor:
@@ -173,6 +180,6 @@ class OrderDP(PruningCallback):
 
     def select(self, epoch: int, generator: torch.Generator) -> Selection:
         q, s = self.budget_size, self.candidates
-        chosen = orderdp_select_mask(self.scores, q, s, generator)
-        never_seen = host_ops.count_true(host_ops.equal(self.scores, math.inf).logical_and_(chosen))
-        return Selection(mask_positions(chosen), stats={"candidates": float(s), "never_seen_share": never_seen / q})
+        chosen = orderdp_positions(self.scores, q, s, generator)
+        never_seen = host_ops.count_true(host_ops.equal(torch.index_select(self.scores, 0, chosen), math.inf))
+        return Selection(chosen, stats={"candidates": float(s), "never_seen_share": never_seen / q})

@@ -24,7 +24,7 @@ from torch import Tensor
 from lightning_pruning import host_ops
 from lightning_pruning.selection import mask_positions
 
-# Below this size the threshold is found by one torch.kthvalue; above it a strided sample brackets
+# Below this size the threshold is found by one exact selection (numpy's partition); above it a strided sample brackets
 # the threshold first so that the exact selection runs on a thin band of values.
 _EXACT_SELECT_MAX = 1 << 14
 _SAMPLE_SIZE = 1 << 14
@@ -38,7 +38,7 @@ def _count(mask: Tensor) -> int:
 
 
 def _exact_threshold(values: Tensor, k: int) -> tuple[Tensor, int, int, Tensor | None]:
-    threshold = torch.kthvalue(values, values.numel() - k + 1).values
+    threshold = host_ops.kth_smallest(values, values.numel() - k + 1)
     return threshold, _count(host_ops.greater(values, threshold)), _count(host_ops.equal(values, threshold)), None
 
 
@@ -72,7 +72,7 @@ def _threshold(values: Tensor, k: int) -> tuple[Tensor, int, int, Tensor | None]
     if at_least_upper + band_positions.numel() >= k:
         band = torch.index_select(values, 0, band_positions)
         rank = k - at_least_upper  # rank inside the band, counted from its largest entry
-        threshold = torch.kthvalue(band, band.numel() - rank + 1).values
+        threshold = host_ops.kth_smallest(band, band.numel() - rank + 1)
         # Every tie of a threshold strictly inside the bracket lies in the band.
         tied = band_positions[band == threshold]
         return threshold, at_least_upper + _count(band > threshold), tied.numel(), tied
@@ -87,7 +87,7 @@ def threshold_with_counts(values: Tensor, k: int) -> tuple[Tensor, int, int]:
     """The k-th largest entry ``t`` of a 1-D float tensor, with ``#{v > t}`` and ``#{v == t}``.
 
     Selection, not sorting: for large inputs a strided sample of the values brackets ``t``, one pass
-    counts the entries at or above the bracket and the exact selection (``torch.kthvalue``) runs only on
+    counts the entries at or above the bracket and the exact selection (numpy's ``partition``) runs only on
     the thin band inside it, which also holds every tie of ``t``. A bracket the sample got wrong falls
     back to the exact selection on all values: the sample only affects speed, never the result.
     ``+inf`` counts as the largest value; large ties (the ``+inf`` of never-trained samples) at the
