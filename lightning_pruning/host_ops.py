@@ -44,6 +44,15 @@ def less(values: Tensor, threshold: Tensor | float) -> Tensor:
     return torch.from_numpy(numpy.less(values.numpy(), _scalar(threshold)))
 
 
+def keep_where_(values: Tensor, mask: Tensor) -> Tensor:
+    """Zeroes ``values`` where the bool ``mask`` is ``False``, in place, as ``values * mask`` (finite values: the same
+    as ``masked_fill_(~mask, 0)``, an order of magnitude faster than torch's masked fill); returns ``values``."""
+    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
+        return values.masked_fill_(mask.logical_not(), 0.0)
+    numpy.multiply(values.numpy(), mask.numpy(), out=values.numpy())
+    return values
+
+
 def add_mask_(values: Tensor, mask: Tensor) -> Tensor:
     """Adds 1 to ``values`` where the bool ``mask`` holds, in place (keys in ``[0, 1)`` move to ``[1, 2)``, above
     every unmasked key); returns ``values``."""

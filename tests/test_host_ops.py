@@ -69,6 +69,8 @@ def test_subtract_mask_moves_masked_keys_below_every_other_key(size: int, seed: 
     mask = torch.rand(size, generator=generator) < 0.5
     shifted = host_ops.subtract_mask_(keys.clone(), mask)
     assert torch.equal(shifted, keys - mask.to(torch.float32))
+    kept = host_ops.keep_where_(keys.clone(), mask)
+    assert torch.equal(kept, keys.masked_fill(~mask, 0.0))
     raised = host_ops.add_mask_(keys.clone(), mask)
     assert torch.equal(raised, keys + mask.to(torch.float32))
     if bool(mask.any()) and not bool(mask.all()):

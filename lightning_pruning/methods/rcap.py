@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lightning_pruning import host_ops
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.registry import register
 from lightning_pruning.selection import (
@@ -238,7 +239,7 @@ def class_subset_mass(
         torch.sub(grouped_scores, shift, out=mass).mul_(1.0 / beta).exp_()
         del shift
     total = segment_sums(mass, counts)
-    inside = segment_sums(mass.masked_fill_(previous.logical_not(), 0.0), counts)  # no float copy of the mask
+    inside = segment_sums(host_ops.keep_where_(mass, previous), counts)  # in place: no float copy of the mask
     return torch.where(total > 0, inside / total.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
 
 
