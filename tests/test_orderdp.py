@@ -12,6 +12,7 @@ from helpers import ToyModel, toy_datamodule, trainer_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lightning_pruning.methods.ranking as ranking_module
 from lightning_pruning.methods.base import Harvest
 from lightning_pruning.methods.orderdp import (
     OrderDP,
@@ -134,6 +135,40 @@ def test_uniform_subset_mask_and_random_choice_sizes(n: int, data: st.DataObject
     assert torch.equal(mask, uniform_subset_mask(n, size, gen(seed)))
     picks = random_choice(n, size, gen(seed))
     assert picks.unique().numel() == size and (picks.numel() == 0 or int(picks.max()) < n)
+
+
+@settings(max_examples=60, deadline=None)
+@given(population=st.integers(1, 400), data=st.data())
+def test_sparse_random_choice_draws_exactly_size_distinct_positions(population: int, data: st.DataObject) -> None:
+    size = data.draw(st.integers(0, population))  # dense draws too: many rounds and a trimmed surplus
+    seed = data.draw(st.integers(0, 2**31))
+    picks = ranking_module._sparse_random_choice(population, size, gen(seed))
+    assert picks.dtype == torch.int64 and picks.numel() == size and picks.unique().numel() == size
+    assert size == 0 or 0 <= int(picks.min()) <= int(picks.max()) < population
+    assert torch.equal(picks, ranking_module._sparse_random_choice(population, size, gen(seed)))
+
+
+def test_sparse_random_choice_is_uniform_over_subsets() -> None:
+    # Every element with probability 3/10 and every pair with probability (3 * 2) / (10 * 9) = 1/15.
+    trials = 4000
+    singles = torch.zeros(10)
+    pairs = torch.zeros(10, 10)
+    for seed in range(trials):
+        member = torch.zeros(10)
+        member[ranking_module._sparse_random_choice(10, 3, gen(seed))] = 1.0
+        singles += member
+        pairs += member[:, None] * member[None, :]
+    assert within_binomial_noise(singles / trials, torch.full((10,), 0.3), trials)
+    off_diagonal = pairs[~torch.eye(10, dtype=torch.bool)] / trials
+    assert within_binomial_noise(off_diagonal, torch.full_like(off_diagonal, 1 / 15), trials)
+
+
+def test_random_choice_takes_the_sparse_path_for_few_picks_of_many() -> None:
+    picks = random_choice(200_000, 20_000, gen(3))  # 1/10 of the population: sparse
+    assert picks.numel() == 20_000 and picks.unique().numel() == 20_000 and int(picks.max()) < 200_000
+    assert torch.equal(picks, ranking_module._sparse_random_choice(200_000, 20_000, gen(3)))
+    dense = random_choice(200_000, 50_000, gen(3))  # 1/4: random keys
+    assert dense.numel() == 50_000 and dense.unique().numel() == 50_000
 
 
 def test_uniform_subset_mask_is_uniform() -> None:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from lightning_pruning import host_ops
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
-from lightning_pruning.methods.ranking import apply_ema, top_k_mask
+from lightning_pruning.methods.ranking import apply_ema, random_choice, top_k_mask
 from lightning_pruning.methods.registry import register
 from lightning_pruning.selection import budget, check_prune_ratio, mask_positions
 
@@ -42,9 +42,11 @@ def epsilon_greedy_mask(mean: Tensor, budget_size: int, random_picks: int, gener
         raise ValueError(f"need 0 <= random_picks <= K <= N, got {random_picks}, {budget_size}, {mean.numel()}")
     taken = top_k_mask(mean, budget_size - random_picks, generator)
     if random_picks:
-        # Uniform over the rest: iid keys in [0, 1), the greedy picks shifted to [-1, 0): below every other key.
-        keys = host_ops.subtract_mask_(torch.rand(mean.numel(), generator=generator), taken)
-        taken |= top_k_mask(keys, random_picks, generator)
+        # Uniform over the rest: a uniform draw of positions among the samples not taken greedily (O(picks) work
+        # when the picks are few, as with a small epsilon: no random key per sample).
+        rest = mask_positions(taken, invert=True)
+        picks = torch.index_select(rest, 0, random_choice(rest.numel(), random_picks, generator))
+        taken.numpy()[picks.numpy()] = True
     return taken
 
 

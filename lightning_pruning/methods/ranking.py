@@ -31,6 +31,9 @@ _SAMPLE_SIZE = 1 << 14
 _MIN_SAMPLE_SIZE = 1 << 10
 # Tie sets up to this size are broken with one randperm; larger ones with random keys.
 _RANDPERM_TIES_MAX = 1 << 16
+# Draws of at most an eighth of the population take the sparse path of random_choice (no key per member; measured
+# faster up to about 15%).
+_SPARSE_CHOICE_RATIO = 8
 
 
 def _count(mask: Tensor) -> int:
@@ -120,9 +123,33 @@ def random_choice(population: int, size: int, generator: torch.Generator) -> Ten
         return torch.arange(population)
     if population <= _RANDPERM_TIES_MAX:
         return torch.randperm(population, generator=generator)[:size]
+    if size * _SPARSE_CHOICE_RATIO <= population:
+        return _sparse_random_choice(population, size, generator)
     # The `size` largest of iid random keys (their own ties broken at random) are a uniform subset.
     keys = torch.rand(population, generator=generator)
     return mask_positions(top_k_mask(keys, size, generator), dtype=torch.int64)
+
+
+def _sparse_random_choice(population: int, size: int, generator: torch.Generator) -> Tensor:
+    """:func:`random_choice` for ``size`` much smaller than ``population``: O(size) work instead of a key per member.
+
+    Rounds of iid uniform draws are merged into a sorted set of distinct values until it holds ``size``; a
+    surplus is then dropped at random. Every step commutes with relabelling the population, so the result,
+    whose size is always ``size``, is a uniform ``size``-subset.
+    """
+    chosen = numpy.empty(0, dtype=numpy.int64)
+    while chosen.size < size:
+        missing = size - chosen.size
+        draws = torch.randint(population, (missing + missing // 16 + 8,), generator=generator).numpy()
+        merged = numpy.sort(numpy.concatenate([chosen, draws]))
+        distinct = numpy.empty(merged.size, dtype=bool)
+        distinct[0] = True
+        numpy.not_equal(merged[1:], merged[:-1], out=distinct[1:])
+        chosen = merged[distinct]
+    if chosen.size > size:
+        keep = torch.randperm(chosen.size, generator=generator)[:size].numpy()
+        chosen = chosen[keep]
+    return torch.from_numpy(chosen)
 
 
 def top_k_mask(values: Tensor, k: int, generator: torch.Generator) -> Tensor:
