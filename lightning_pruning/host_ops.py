@@ -2,10 +2,11 @@
 
 Decisions run once per epoch on CPU tables of N entries. On one thread, torch's CPU kernels for a few
 operations are several times slower than numpy's on the same memory (comparisons that produce a bool
-tensor, ``count_nonzero``, a masked fill); ``benchmarks/overhead.py`` measures the decisions that use
-them. Every function here returns exactly what the torch operation returns (IEEE comparisons), except
-:func:`sqrt`, which is correctly rounded where torch's vectorised CPU kernel is not always; all fall back
-to torch for tensors numpy cannot view (not on the CPU, not contiguous, or of a dtype numpy lacks).
+tensor, ``count_nonzero``, ``kthvalue``, a masked fill); ``benchmarks/overhead.py`` measures the
+decisions that use them. Every function here returns exactly what the torch operation returns (IEEE
+comparisons), except :func:`sqrt`, which is correctly rounded where torch's vectorised CPU kernel is not
+always; all fall back to torch for tensors numpy cannot view (not on the CPU, not contiguous, or of a
+dtype numpy lacks).
 """
 
 from __future__ import annotations
@@ -37,36 +38,18 @@ def greater(values: Tensor, threshold: Tensor | float) -> Tensor:
     return torch.from_numpy(numpy.greater(values.numpy(), _scalar(threshold)))
 
 
-def less(values: Tensor, threshold: Tensor | float) -> Tensor:
-    """``values < threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
-    if not _viewable(values):
-        return values < threshold
-    return torch.from_numpy(numpy.less(values.numpy(), _scalar(threshold)))
-
-
-def keep_where_(values: Tensor, mask: Tensor) -> Tensor:
-    """Zeroes ``values`` where the bool ``mask`` is ``False``, in place, as ``values * mask`` (finite values: the same
-    as ``masked_fill_(~mask, 0)``, an order of magnitude faster than torch's masked fill); returns ``values``."""
-    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
-        return values.masked_fill_(mask.logical_not(), 0.0)
-    numpy.multiply(values.numpy(), mask.numpy(), out=values.numpy())
-    return values
-
-
-def add_mask_(values: Tensor, mask: Tensor) -> Tensor:
-    """Adds 1 to ``values`` where the bool ``mask`` holds, in place (keys in ``[0, 1)`` move to ``[1, 2)``, above
-    every unmasked key); returns ``values``."""
-    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
-        return values.add_(mask.to(values.dtype))
-    numpy.add(values.numpy(), mask.numpy(), out=values.numpy())
-    return values
-
-
 def greater_equal(values: Tensor, threshold: Tensor | float) -> Tensor:
     """``values >= threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
     if not _viewable(values):
         return values >= threshold
     return torch.from_numpy(numpy.greater_equal(values.numpy(), _scalar(threshold)))
+
+
+def less(values: Tensor, threshold: Tensor | float) -> Tensor:
+    """``values < threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
+    if not _viewable(values):
+        return values < threshold
+    return torch.from_numpy(numpy.less(values.numpy(), _scalar(threshold)))
 
 
 def equal(values: Tensor, threshold: Tensor | float) -> Tensor:
@@ -92,6 +75,24 @@ def kth_smallest(values: Tensor, k: int) -> Tensor:
     return torch.tensor(numpy.partition(values.numpy(), k - 1)[k - 1], dtype=values.dtype)
 
 
+def add_mask_(values: Tensor, mask: Tensor) -> Tensor:
+    """Adds 1 to ``values`` where the bool ``mask`` holds, in place (keys in ``[0, 1)`` move to ``[1, 2)``, above
+    every unmasked key); returns ``values``."""
+    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
+        return values.add_(mask.to(values.dtype))
+    numpy.add(values.numpy(), mask.numpy(), out=values.numpy())
+    return values
+
+
+def keep_where_(values: Tensor, mask: Tensor) -> Tensor:
+    """Zeroes ``values`` where the bool ``mask`` is ``False``, in place, as ``values * mask`` (finite values: the same
+    as ``masked_fill_(~mask, 0)``, an order of magnitude faster than torch's masked fill); returns ``values``."""
+    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
+        return values.masked_fill_(mask.logical_not(), 0.0)
+    numpy.multiply(values.numpy(), mask.numpy(), out=values.numpy())
+    return values
+
+
 def sqrt(values: Tensor) -> Tensor:
     """The correctly rounded (IEEE) square root of a float tensor, as a new tensor.
 
@@ -109,13 +110,4 @@ def sqrt_(values: Tensor) -> Tensor:
     if not _viewable(values) or not values.is_floating_point():
         return values.sqrt_()
     numpy.sqrt(values.numpy(), out=values.numpy())
-    return values
-
-
-def subtract_mask_(values: Tensor, mask: Tensor) -> Tensor:
-    """Subtracts 1 from ``values`` where the bool ``mask`` holds, in place (a fast masked shift: keys in
-    ``[0, 1)`` move to ``[-1, 0)``, below every unmasked key); returns ``values``."""
-    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
-        return values.sub_(mask.to(values.dtype))
-    numpy.subtract(values.numpy(), mask.numpy(), out=values.numpy())
     return values

@@ -63,20 +63,16 @@ def test_sqrt_is_the_correctly_rounded_square_root(values: list[float]) -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(size=st.integers(min_value=1, max_value=400), seed=st.integers(min_value=0, max_value=2**31))
-def test_subtract_mask_moves_masked_keys_below_every_other_key(size: int, seed: int) -> None:
+def test_masked_shift_and_zeroing_match_torch(size: int, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     keys = torch.rand(size, generator=generator)
     mask = torch.rand(size, generator=generator) < 0.5
-    shifted = host_ops.subtract_mask_(keys.clone(), mask)
-    assert torch.equal(shifted, keys - mask.to(torch.float32))
     kept = host_ops.keep_where_(keys.clone(), mask)
     assert torch.equal(kept, keys.masked_fill(~mask, 0.0))
     raised = host_ops.add_mask_(keys.clone(), mask)
     assert torch.equal(raised, keys + mask.to(torch.float32))
     if bool(mask.any()) and not bool(mask.all()):
         assert float(raised[mask].min()) >= 1.0 > float(raised[~mask].max())
-    if bool(mask.any()) and not bool(mask.all()):
-        assert float(shifted[mask].max()) < 0.0 <= float(shifted[~mask].min())
 
 
 def test_tensors_numpy_cannot_view_fall_back_to_torch() -> None:
