@@ -23,7 +23,7 @@ _SMALL_SEGMENT = 2048
 _SORT_CHUNK = 1 << 20
 # Segments up to this size take torch.topk; larger ones a threshold by selection (faster from about 30000).
 _TOPK_MAX = 1 << 15
-# Entries per torch.nonzero call on a large segment (its int64 output is 8 bytes per hit).
+# Mask entries per numpy flatnonzero call in mask_positions (its int64 output is 8 bytes per hit).
 _NONZERO_CHUNK = 1 << 20
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_pruning.selection import mask_positions
+
 _MARK = "__lightning_pruning_codec__"
 _BIT_WEIGHTS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
 _NARROW = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -107,5 +109,5 @@ def decode_indices(value: Any) -> Any:
     """Inverse of :func:`encode_indices` (plain tensors are returned unchanged)."""
     if isinstance(value, dict) and value.get(_MARK) == 1 and "mask" in value:
         mask = unpack_bits(value["mask"], int(value["num_samples"]))
-        return mask.nonzero().squeeze(1).to(getattr(torch, value["dtype"]))
+        return mask_positions(mask, dtype=getattr(torch, value["dtype"]))  # no int64 copy of an int32 subset
     return decode(value)
