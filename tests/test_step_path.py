@@ -25,11 +25,14 @@ from lightning_pruning.data import sampler as sampler_module
 from lightning_pruning.data.sampler import SHUFFLE_STREAM, SubsetSampler
 from lightning_pruning.loss import CALLBACK_ATTRIBUTE
 from lightning_pruning.methods import RCAP, Harvest, PruningCallback
+from lightning_pruning.methods.bandits import UCBVariance
 from lightning_pruning.methods.state_codec import (
     decode,
     decode_indices,
+    decode_state,
     encode,
     encode_indices,
+    encode_state,
     pack_bits,
     unpack_bits,
 )
@@ -316,6 +319,97 @@ def test_subsets_round_trip_with_their_order(num_samples: int, fraction: float, 
     assert restored.dtype == subset.dtype and torch.equal(restored, subset)
     if arrangement == "ascending" and size >= 64 and num_samples // 8 < size * subset.element_size():
         assert isinstance(encoded, dict) and "mask" in encoded  # stored as bits
+
+
+def _bits(value: Tensor) -> Tensor:
+    """The raw bits of a 4-byte tensor (NaN payloads and -0.0 compare exactly)."""
+    return value.view(torch.int32)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    num_samples=st.integers(1, 2000),
+    fraction=st.floats(0.0, 1.0),
+    ascending=st.booleans(),
+    tables=st.lists(
+        st.sampled_from(["losses", "signed", "minus_zero", "nan", "int32", "int16", "short", "flag"]), max_size=3
+    ),
+)
+def test_state_round_trips_when_the_subset_rides_in_sign_bits(
+    num_samples: int, fraction: float, ascending: bool, tables: list[str]
+) -> None:
+    """encode_state / decode_state restore every table bit for bit and the subset with its order, never touch the
+    live tables, and drop the subset's mask exactly when a table with clear sign bits can carry it."""
+    generator = torch.Generator().manual_seed(num_samples + len(tables))
+    values: dict[str, Any] = {"epoch": 3}
+    for position, kind in enumerate(tables):
+        table = torch.empty(num_samples).exponential_(generator=generator)  # non-negative: can carry
+        table[:: max(num_samples // 7, 1)] = math.inf
+        if kind == "signed":
+            table = table - 1.0
+        elif kind == "minus_zero":
+            table[num_samples // 2] = -0.0
+        elif kind == "nan":
+            table[0] = math.nan
+            table.view(torch.int32)[-1] = -(2**22)  # 0xFFC00000: a NaN with its sign bit set
+        elif kind == "int32":
+            table = torch.randint(0, 2**31 - 1, (num_samples,), generator=generator, dtype=torch.int32)
+        elif kind == "int16":
+            table = torch.randint(-5, 5, (num_samples,), generator=generator, dtype=torch.int16)
+        elif kind == "short":
+            table = table[: num_samples // 2]
+        elif kind == "flag":
+            table = table < 1.0
+        values[f"{kind}{position}"] = table
+    originals = {name: value.clone() if isinstance(value, Tensor) else value for name, value in values.items()}
+    subset = torch.randperm(num_samples, generator=generator)[: round(fraction * num_samples)].to(torch.int32)
+    if ascending:
+        subset = subset.sort().values
+    encoded, encoded_subset = encode_state(values, subset, num_samples)
+    buffer = io.BytesIO()
+    torch.save({"method": encoded, "subset": encoded_subset}, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    tables_back, subset_back = decode_state(loaded["method"], loaded["subset"])
+    assert subset_back.dtype == subset.dtype and torch.equal(subset_back, subset)
+    for name, value in originals.items():
+        back = tables_back[name]
+        if isinstance(value, Tensor) and value.element_size() == 4:
+            assert torch.equal(_bits(values[name]), _bits(value)), name  # the live table is untouched
+            assert back.dtype == value.dtype and torch.equal(_bits(back), _bits(value)), name
+        else:
+            assert torch.equal(back, value) if isinstance(value, Tensor) else back == value
+    # The mask is dropped exactly when a whole per-sample 4-byte table has no sign bit set.
+    as_mask = isinstance(encode_indices(subset, num_samples), dict) and "mask" in encode_indices(subset, num_samples)
+    carriers = [
+        name
+        for name, value in originals.items()
+        if isinstance(value, Tensor)
+        and value.element_size() == 4
+        and value.numel() == num_samples >= 64
+        and bool((_bits(value) >= 0).all())
+    ]
+    carried = isinstance(encoded_subset, dict) and "flags_in" in encoded_subset
+    assert carried == (as_mask and bool(carriers))
+    if carried:
+        assert encoded_subset["flags_in"] == carriers[0] and "mask" not in encoded_subset
+
+
+def test_ucb_variance_checkpoints_eight_bytes_a_sample() -> None:
+    """Mean and variance (float32 each) are the whole per-sample checkpoint: the subset rides in sign bits."""
+    num_samples = 50_000
+    method = hand_driven(UCBVariance(0.5, seed=0), num_samples)
+    buffer = io.BytesIO()
+    torch.save(method.state_dict(), buffer)
+    assert buffer.getbuffer().nbytes <= 8 * num_samples + 8_000  # the constant: pickle framing and history
+    buffer.seek(0)
+    restored = UCBVariance(0.5, seed=0)
+    restored.prepare(num_samples, max_epochs=100)
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(restored.current_subset, method.current_subset)
+    assert torch.equal(restored.loss_mean, method.loss_mean)
+    assert torch.equal(restored.loss_variance, method.loss_variance)
+    assert torch.equal(restored.decide(2).indices, method.decide(2).indices)
 
 
 def hand_driven(method: PruningCallback, num_samples: int) -> PruningCallback:

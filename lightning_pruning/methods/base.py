@@ -14,7 +14,6 @@ state in checkpoints, and logs what happened.
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,7 +30,7 @@ from lightning_pruning.data.loader_state import restart_after_epoch_end, trained
 from lightning_pruning.loss import CALLBACK_ATTRIBUTE, PER_SAMPLE_LOSS_KEY
 from lightning_pruning.methods.epoch_log import LogIntervalNotice, log_epoch_values
 from lightning_pruning.methods.harvest import EpochBuffer, check_finite
-from lightning_pruning.methods.state_codec import decode, decode_indices, encode, encode_indices
+from lightning_pruning.methods.state_codec import decode, decode_state, encode, encode_state
 from lightning_pruning.selection import ClassLayout, make_generator
 
 #: Mean loss weight of an epoch above which the callback warns that the effective learning rate is raised.
@@ -39,8 +38,9 @@ HEAVY_MEAN_WEIGHT = 2.0
 
 # Stream id of a method's decision generator (the sampler's shuffle uses another stream).
 DECISION_STREAM = 0
-# 3: compact tensors (state_codec), the subset in int32 below 2**31 samples, and its random-order flag.
-_STATE_VERSION = 3
+# 3: compact tensors (state_codec), the subset in int32 below 2**31 samples, and its random-order flag;
+# 4: the subset's mask may ride in the sign bits of a method table (state_codec.encode_state).
+_STATE_VERSION = 4
 # History entries known only once the epoch is trained; logged at epoch end.
 _LOGGED_AT_EPOCH_END = ("epoch", "trained_samples", "samples_trained", "saved_fraction")
 
@@ -569,17 +569,15 @@ class PruningCallback(Callback):
         self._missing_state_cause = describe_missing_state(self, checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
-        method_state = {}
-        for name in self.state_attributes:
-            value = getattr(self, name)
-            method_state[name] = encode(value) if isinstance(value, Tensor) else copy.deepcopy(value)
+        tables = {name: getattr(self, name) for name in self.state_attributes}
+        method_state, subset = encode_state(tables, self._subset, self.num_samples)
         return {
             "version": _STATE_VERSION,
             "seed": self.seed,
             "num_samples": self.num_samples,
             "decided_epoch": self._decided_epoch,
             "harvest_epoch": self._harvest_epoch,
-            "subset": encode_indices(self._subset, self.num_samples),
+            "subset": subset,
             "subset_in_random_order": self._subset_in_random_order,
             "weights": None if self._weights is None else encode(self._weights, table=True),
             "kept_counts": list(self._kept_counts),
@@ -600,7 +598,7 @@ class PruningCallback(Callback):
         self._decided_epoch = state_dict["decided_epoch"]
         self._harvest_epoch = state_dict["harvest_epoch"]
         # Version 2 checkpoints hold plain int64/float32 tensors, which decode() returns unchanged.
-        subset = decode_indices(state_dict["subset"])
+        tables, subset = decode_state(state_dict["method"], state_dict["subset"])
         self._subset = subset.to(torch.int32) if self.num_samples < 2**31 else subset.to(torch.int64)
         self._weights = decode(state_dict["weights"])
         self._subset_in_random_order = bool(state_dict.get("subset_in_random_order", False))
@@ -612,8 +610,8 @@ class PruningCallback(Callback):
         )
         self._epoch_buffer = None
         self.history = [dict(entry) for entry in state_dict["history"]]
-        for name, value in state_dict["method"].items():
-            setattr(self, name, copy.deepcopy(decode(value)))
+        for name, value in tables.items():
+            setattr(self, name, value)
         self._restored = True
 
     # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 * bool tensors are bit-packed (1 bit per entry instead of 1 byte);
 * integer tensors are stored in the narrowest integer type that holds their values;
-* a float tensor with few distinct values (loss weights) is stored as uint8 codes into a table of them.
+* a float tensor with few distinct values (loss weights) is stored as uint8 codes into a table of them;
+* a subset stored as a bit mask rides in the sign bits of a per-sample table that has none set (a running
+  variance, a table of non-negative losses): the mask then costs no bytes at all (:func:`encode_state`).
 
 Every encoded form is a dict of tensors and plain values, so checkpoints still load with
 ``torch.load(..., weights_only=True)``; :func:`decode` restores the original dtype and shape exactly.
@@ -10,8 +12,10 @@ Every encoded form is a dict of tensors and plain values, so checkpoints still l
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+import numpy
 import torch
 from torch import Tensor
 
@@ -84,6 +88,9 @@ def decode(value: Any) -> Any:
         numel *= int(size)
     if "bits" in value:
         flat = unpack_bits(value["bits"], numel)
+    elif "sign_flagged" in value:
+        flat = value["sign_flagged"].clone()
+        numpy.bitwise_and(_int32_bits(flat), numpy.int32(2**31 - 1), out=_int32_bits(flat))
     elif "table" in value:
         flat = value["table"][value["codes"].long()]
     else:
@@ -105,9 +112,86 @@ def encode_indices(indices: Tensor, num_samples: int) -> Any:
     return encode(indices)
 
 
-def decode_indices(value: Any) -> Any:
-    """Inverse of :func:`encode_indices` (plain tensors are returned unchanged)."""
+def decode_indices(value: Any, method_state: dict[str, Any] | None = None) -> Any:
+    """Inverse of :func:`encode_indices` (plain tensors are returned unchanged).
+
+    Args:
+        value: the encoded subset.
+        method_state: the encoded tables stored beside it (:func:`encode_state`), needed when the subset's
+            mask rides in the sign bits of one of them.
+    """
+    if isinstance(value, dict) and value.get(_MARK) == 1 and "flags_in" in value:
+        if method_state is None:
+            raise ValueError("this subset is stored in the sign bits of a method table: pass `method_state`")
+        carrier = method_state[value["flags_in"]]["sign_flagged"]
+        mask = torch.from_numpy(numpy.less(_int32_bits(carrier), 0))
+        return mask_positions(mask, dtype=getattr(torch, value["dtype"]))
     if isinstance(value, dict) and value.get(_MARK) == 1 and "mask" in value:
         mask = unpack_bits(value["mask"], int(value["num_samples"]))
         return mask_positions(mask, dtype=getattr(torch, value["dtype"]))  # no int64 copy of an int32 subset
     return decode(value)
+
+
+# The sign bit of a float32 / int32 entry, as an int32.
+_SIGN_BIT = -(2**31)
+_CARRIER_DTYPES = (torch.float32, torch.int32)
+
+
+def _int32_bits(value: Tensor) -> numpy.ndarray:
+    """An int32 numpy view of a contiguous 4-byte tensor (no copy)."""
+    return value.numpy().view(numpy.int32)
+
+
+def _can_carry(value: Any, num_samples: int) -> bool:
+    """Whether ``value`` is a per-sample 4-byte table with every sign bit clear (no negative value, no -0.0, no
+    negative NaN): its sign bits can then hold one flag per sample and be cleared again exactly."""
+    return (
+        isinstance(value, Tensor)
+        and value.dtype in _CARRIER_DTYPES
+        and value.ndim == 1
+        and value.numel() == num_samples >= _MIN_ENTRIES
+        and value.device.type == "cpu"
+        and value.is_contiguous()
+        and not value.requires_grad
+        and int(_int32_bits(value).min()) >= 0
+    )
+
+
+def encode_state(tables: dict[str, Any], subset: Tensor, num_samples: int) -> tuple[dict[str, Any], Any]:
+    """The encoded tables and subset of a callback's state (:func:`encode`, :func:`encode_indices`).
+
+    When the subset is stored as a bit mask and one of the tables is a per-sample float32 / int32 table whose
+    sign bits are all clear, the mask is written into that table's sign bits instead of beside it: the
+    checkpoint then holds nothing per sample beyond the tables. :func:`decode_state` inverts this exactly.
+
+    Args:
+        tables: the method's state values by name (tensors or plain values; not modified).
+        subset: the current epoch's subset of ``[0, num_samples)``.
+        num_samples: N.
+    """
+    encoded_subset = encode_indices(subset, num_samples)
+    carrier = None
+    if isinstance(encoded_subset, dict) and "mask" in encoded_subset:
+        carrier = next((name for name, value in tables.items() if _can_carry(value, num_samples)), None)
+    encoded: dict[str, Any] = {}
+    for name, value in tables.items():
+        if name != carrier:
+            encoded[name] = encode(value) if isinstance(value, Tensor) else copy.deepcopy(value)
+            continue
+        flagged = value.detach().clone()
+        flags = unpack_bits(encoded_subset["mask"], num_samples).numpy()
+        numpy.bitwise_or(_int32_bits(flagged), numpy.int32(_SIGN_BIT), out=_int32_bits(flagged), where=flags)
+        encoded[name] = {_MARK: 1, "dtype": _dtype_name(value.dtype), "shape": [num_samples], "sign_flagged": flagged}
+        encoded_subset = {
+            _MARK: 1,
+            "dtype": encoded_subset["dtype"],
+            "num_samples": num_samples,
+            "flags_in": name,
+        }
+    return encoded, encoded_subset
+
+
+def decode_state(tables: dict[str, Any], subset: Any) -> tuple[dict[str, Any], Any]:
+    """Inverse of :func:`encode_state`: the decoded tables by name and the subset (the arguments are not modified)."""
+    decoded = {name: copy.deepcopy(decode(value)) for name, value in tables.items()}
+    return decoded, decode_indices(subset, tables)
