@@ -171,6 +171,15 @@ def test_random_choice_takes_the_sparse_path_for_few_picks_of_many() -> None:
     assert dense.numel() == 50_000 and dense.unique().numel() == 50_000
 
 
+def test_random_choice_of_nearly_all_leaves_out_a_sparse_uniform_draw() -> None:
+    picks = random_choice(200_000, 180_000, gen(5))  # 9/10: the 20_000 left out are drawn the sparse way
+    left_out = torch.ones(200_000, dtype=torch.bool)
+    left_out[picks] = False
+    expected = ranking_module._sparse_random_choice(200_000, 20_000, gen(5)).sort().values
+    assert torch.equal(left_out.nonzero().flatten(), expected)
+    assert picks.dtype == torch.int64 and picks.numel() == 180_000 and bool((picks[1:] > picks[:-1]).all())
+
+
 def test_uniform_subset_mask_is_uniform() -> None:
     counts = torch.zeros(7)
     trials = 3000
