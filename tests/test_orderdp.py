@@ -23,6 +23,7 @@ from lightning_pruning.methods.orderdp import (
 from lightning_pruning.methods.ranking import (
     kth_largest,
     random_choice,
+    random_choice_mask,
     threshold_with_counts,
     top_k_mask,
     top_k_random_ties,
@@ -178,6 +179,16 @@ def test_random_choice_of_nearly_all_leaves_out_a_sparse_uniform_draw() -> None:
     expected = ranking_module._sparse_random_choice(200_000, 20_000, gen(5)).sort().values
     assert torch.equal(left_out.nonzero().flatten(), expected)
     assert picks.dtype == torch.int64 and picks.numel() == 180_000 and bool((picks[1:] > picks[:-1]).all())
+
+
+def test_random_choice_mask_marks_the_draw_of_random_choice() -> None:
+    # Every regime: left-out sparse (9/10), random keys (1/4), sparse (1/10), and randperm (small populations).
+    for population, size in [(200_000, 180_000), (200_000, 50_000), (200_000, 20_000), (1000, 900), (50, 50)]:
+        mask = random_choice_mask(population, size, gen(7))
+        assert mask.dtype == torch.bool and int(mask.sum()) == size
+        assert torch.equal(mask.nonzero().flatten(), random_choice(population, size, gen(7)).sort().values)
+    with pytest.raises(ValueError, match="cannot draw"):
+        random_choice_mask(10, 11, gen(0))
 
 
 def test_uniform_subset_mask_is_uniform() -> None:

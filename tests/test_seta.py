@@ -16,9 +16,10 @@ from torch import Tensor
 
 import lightning_pruning.methods.seta as seta_module
 from lightning_pruning.methods.base import Harvest
+from lightning_pruning.methods.ranking import random_choice_mask
 from lightning_pruning.methods.registry import METHODS
 from lightning_pruning.methods.seta import SeTa, kmeans_1d, seta_select, window_start
-from lightning_pruning.selection import make_generator
+from lightning_pruning.selection import make_generator, mask_positions
 
 
 def harvest(epoch: int, indices: Tensor, losses: Tensor) -> Harvest:
@@ -167,31 +168,48 @@ def test_seta_select_hand_computed() -> None:
     size=st.integers(min_value=6, max_value=3000),
     levels=st.sampled_from([None, 4, 40]),
     iteration=st.integers(min_value=1, max_value=7),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
 )
-def test_in_place_key_sort_selects_what_the_stable_sort_selects(
-    seed: int, size: int, levels: int | None, iteration: int
+def test_value_sort_selects_what_the_stable_sort_selects(
+    seed: int, size: int, levels: int | None, iteration: int, dtype: torch.dtype
 ) -> None:
-    # float32 non-negative losses take the in-place key sort; the same values in float64 take the stable sort
-    # of a randomly ordered subset. Unless a window edge cuts equal losses (then both draw the ties at random),
-    # they must train the same samples with the same clusters.
+    # The window found on the sorted losses alone and read back by value must train the same samples, with the
+    # same clusters, as the stable sort of the randomly ordered subset (the path that breaks ties at random),
+    # unless a window edge cuts equal losses (then the ties are drawn at random).
     generator = torch.Generator().manual_seed(seed)
     scores = torch.empty(size).exponential_(generator=generator)
     if levels is not None:
         scores = torch.floor(scores * levels / 4) / levels  # many equal losses
+    scores = (scores - 0.5).to(dtype)  # negative losses too
     keep = max(5, size * 3 // 4)
     fast = seta_select(scores, keep, 5, 3, iteration, make_generator(seed, 1))
-    stable = seta_select(scores.double(), keep, 5, 3, iteration, make_generator(seed, 1))
+    draw = make_generator(seed, 1)
+    subset = mask_positions(random_choice_mask(size, keep, draw), dtype=torch.int64)
+    stable = seta_module._window_by_stable_sort(scores, subset, 5, 3, iteration, draw)
     assert fast.cluster_sizes.tolist() == stable.cluster_sizes.tolist() and fast.start == stable.start
-    chosen = scores[fast.indices.long()]
-    assert bool((chosen[1:] >= chosen[:-1]).all())  # sorted by loss
     assert fast.indices.unique().numel() == fast.indices.numel()
     edge_cuts_ties = fast.indices.numel() != keep and (
-        bool((scores[fast.indices.long()] == fast.low).sum() != (scores == fast.low).sum())
-        or bool((scores[fast.indices.long()] == fast.high).sum() != (scores == fast.high).sum())
+        bool((scores[fast.indices.long()] == fast.low).sum() != (scores[subset] == fast.low).sum())
+        or bool((scores[fast.indices.long()] == fast.high).sum() != (scores[subset] == fast.high).sum())
     )
     if not edge_cuts_ties:
+        assert bool((fast.indices[1:] > fast.indices[:-1]).all())  # read back from a mask: index order
         assert sorted(fast.indices.tolist()) == sorted(stable.indices.tolist())
         assert (fast.low, fast.high) == (stable.low, stable.high) or fast.low != fast.low
+
+
+def test_value_sort_on_a_large_table_with_a_sparse_left_out_draw() -> None:
+    # 100_000 samples keeping 90%: the random step draws the 10_000 left out sparsely; same window as the stable sort.
+    generator = torch.Generator().manual_seed(11)
+    scores = torch.empty(100_000).exponential_(generator=generator)
+    for iteration in (1, 2):
+        fast = seta_select(scores, 90_000, 5, 4, iteration, make_generator(2, iteration))
+        draw = make_generator(2, iteration)
+        subset = mask_positions(random_choice_mask(100_000, 90_000, draw), dtype=torch.int64)
+        stable = seta_module._window_by_stable_sort(scores, subset, 5, 4, iteration, draw)
+        assert fast.cluster_sizes.tolist() == stable.cluster_sizes.tolist()
+        assert torch.equal(fast.indices.long(), stable.indices.sort().values)
+        assert (fast.low, fast.high) == (stable.low, stable.high)
 
 
 def test_equal_losses_cut_by_the_window_are_drawn_at_random() -> None:

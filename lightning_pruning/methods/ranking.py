@@ -125,15 +125,35 @@ def random_choice(population: int, size: int, generator: torch.Generator) -> Ten
         return torch.randperm(population, generator=generator)[:size]
     if size * _SPARSE_CHOICE_RATIO <= population:
         return _sparse_random_choice(population, size, generator)
-    if (population - size) * _SPARSE_CHOICE_RATIO <= population:
-        # Nearly everything is taken: draw the few left out the sparse way (the complement of a uniform subset is
-        # uniform), then list the others in ascending order.
-        taken = numpy.ones(population, dtype=bool)
-        taken[_sparse_random_choice(population, population - size, generator).numpy()] = False
-        return mask_positions(torch.from_numpy(taken), dtype=torch.int64)
+    if _draws_left_out(population, size):
+        return mask_positions(_left_out_mask(population, size, generator), dtype=torch.int64)
     # The `size` largest of iid random keys (their own ties broken at random) are a uniform subset.
     keys = torch.rand(population, generator=generator)
     return mask_positions(top_k_mask(keys, size, generator), dtype=torch.int64)
+
+
+def random_choice_mask(population: int, size: int, generator: torch.Generator) -> Tensor:
+    """The draw of :func:`random_choice` (the same positions for the same generator state) as a boolean mask."""
+    if not 0 <= size <= population:
+        raise ValueError(f"cannot draw {size} distinct positions out of {population}")
+    if population > _RANDPERM_TIES_MAX and _draws_left_out(population, size):
+        return _left_out_mask(population, size, generator)
+    mask = torch.zeros(population, dtype=torch.bool)
+    mask.numpy()[random_choice(population, size, generator).numpy()] = True
+    return mask
+
+
+def _draws_left_out(population: int, size: int) -> bool:
+    """Whether :func:`random_choice` draws the few members left out instead of those taken."""
+    return size < population and (population - size) * _SPARSE_CHOICE_RATIO <= population
+
+
+def _left_out_mask(population: int, size: int, generator: torch.Generator) -> Tensor:
+    """Nearly everything is taken: the few left out are drawn the sparse way (the complement of a uniform subset
+    is uniform) and cleared from a full mask."""
+    taken = numpy.ones(population, dtype=bool)
+    taken[_sparse_random_choice(population, population - size, generator).numpy()] = False
+    return torch.from_numpy(taken)
 
 
 def _sparse_random_choice(population: int, size: int, generator: torch.Generator) -> Tensor:

@@ -11,7 +11,6 @@ loss weights. See ``docs/methods/seta.md``.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 
 import numpy
@@ -19,8 +18,9 @@ import torch
 from torch import Tensor
 
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
-from lightning_pruning.methods.ranking import random_choice
+from lightning_pruning.methods.ranking import random_choice, random_choice_mask
 from lightning_pruning.methods.registry import register
+from lightning_pruning.selection import mask_positions
 
 #: Lloyd iterations at most (scikit-learn's default ``max_iter``); 1-D runs converge in far fewer.
 KMEANS_MAX_ITER = 300
@@ -236,7 +236,7 @@ class SeTaDecision:
     """The outcome of one SeTa selection.
 
     Attributes:
-        indices: dataset indices to train (int64, or int32 from the in-place key sort).
+        indices: dataset indices to train (int32 while N < 2**31 when read back from a mask, else int64).
         cluster_sizes: samples per cluster, easy to hard (empty for an epoch without clustering).
         start: first cluster of the window (-1 without clustering).
         low: smallest loss in the window (NaN without clustering).
@@ -264,21 +264,13 @@ def _splits_equal_values(sorted_scores: Tensor, first: int, last: int) -> bool:
     return cut_first or (0 < last < size and bool(sorted_scores[last - 1] == sorted_scores[last]))
 
 
-def _sort_keys_in_place(subset: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Turns the int64 ``subset`` into sort keys ``(loss bits << 32) | index`` and sorts them in place.
-
-    For non-negative float32 losses the IEEE bits order like the values, so one in-place sort of these keys
-    orders the subset by loss (equal losses by index) with no index array or float64 copy beside it. Returns
-    strided views into the sorted buffer: the losses (float32) and the dataset indices (int32).
-    """
-    for start in range(0, subset.numel(), _PREFIX_CHUNK):
-        part = subset[start : start + _PREFIX_CHUNK]
-        bits = torch.index_select(scores, 0, part).add_(0.0)  # + 0.0 turns -0.0 into +0.0
-        bits = bits.view(torch.int32).to(torch.int64)
-        part.bitwise_or_(bits.bitwise_left_shift_(32))
-    subset.numpy().sort()  # in place (torch.sort would return a copy and int64 positions)
-    low_word, high_word = (0, 1) if sys.byteorder == "little" else (1, 0)
-    return subset.view(torch.float32)[high_word::2], subset.view(torch.int32)[low_word::2]
+def _in_window(values: numpy.ndarray, low: float, high: float, taken: numpy.ndarray) -> Tensor:
+    """The mask ``taken & (low <= values <= high)``, written into ``taken`` (one bool temporary)."""
+    scratch = numpy.greater_equal(values, low)
+    numpy.logical_and(taken, scratch, out=taken)
+    numpy.less_equal(values, high, out=scratch)
+    numpy.logical_and(taken, scratch, out=taken)
+    return torch.from_numpy(taken)
 
 
 def seta_select(
@@ -292,7 +284,7 @@ def seta_select(
     """One SeTa decision on a score table (pure function).
 
     Args:
-        scores: float32 loss of every sample, shape ``(N,)``, no NaN (impute unknown scores first).
+        scores: float loss of every sample, shape ``(N,)``, no NaN (impute unknown scores first).
         keep: m, the size of the uniform random subset.
         num_groups: k clusters.
         window: w clusters trained, ``1 <= w <= k``.
@@ -301,25 +293,42 @@ def seta_select(
         generator: source of the random subset (and of the order of equal losses).
 
     Returns:
-        The decision: the ``m`` random samples (``iteration`` None or 0), or those of the window, sorted by
-        loss. With non-negative float32 losses the window is found by an in-place sort of packed keys (peak
-        memory about the int64 random subset); a window edge can cut through equal losses only when there are
-        fewer distinct losses than clusters, and then the equal losses are ordered at random instead.
+        The decision: the ``m`` random samples (``iteration`` None or 0), or those of the window. The window is
+        found on a sorted copy of the subset's losses alone (4 bytes per kept sample for float32) and read back
+        as the subset's samples with a loss in ``[low, high]``, in index order. A window edge can cut through
+        equal losses only when there are fewer distinct losses than clusters; then the equal losses are ordered
+        at random instead (and so are those of dtypes numpy cannot read, such as bfloat16).
     """
-    subset = random_choice(scores.numel(), keep, generator)
+    num_samples = scores.numel()
     if iteration is None or iteration == 0:
-        return SeTaDecision(subset, torch.empty(0, dtype=torch.int64), -1, math.nan, math.nan)
-    if scores.dtype == torch.float32 and scores.numel() <= 2**31 and float(scores.min()) >= 0.0:
-        sorted_scores, indices = _sort_keys_in_place(subset, scores)
+        return SeTaDecision(
+            random_choice(num_samples, keep, generator), torch.empty(0, dtype=torch.int64), -1, math.nan, math.nan
+        )
+    taken = random_choice_mask(num_samples, keep, generator)
+    values = _as_numpy(scores.contiguous())
+    if values is not None:
+        kept = values[taken.numpy()]
+        kept.sort()  # in place: the only copy is the kept losses themselves
+        sorted_scores = torch.from_numpy(kept)
         ends = kmeans_1d(sorted_scores, num_groups)
         sizes, start, first, last = _window(ends, iteration, num_groups, window)
         if last == first:  # only when coinciding centres emptied the whole window: train the random subset
-            return SeTaDecision(indices.clone(), sizes, start, math.nan, math.nan)
+            return SeTaDecision(mask_positions(taken), sizes, start, math.nan, math.nan)
         if not _splits_equal_values(sorted_scores, first, last):
+            # No equal losses straddle the window's edges, so its samples are exactly those with a loss in range.
             low, high = float(sorted_scores[first]), float(sorted_scores[last - 1])
-            return SeTaDecision(indices[first:last].clone(), sizes, start, low, high)
-        subset = indices.to(torch.int64).sort().values  # the random subset again, for the tie-breaking path
-    # Random order of the subset first, so equal losses are ordered at random by the stable sort.
+            del kept, sorted_scores
+            chosen = _in_window(values, low, high, taken.numpy())
+            return SeTaDecision(mask_positions(chosen), sizes, start, low, high)
+    subset = mask_positions(taken, dtype=torch.int64)
+    return _window_by_stable_sort(scores, subset, num_groups, window, iteration, generator)
+
+
+def _window_by_stable_sort(
+    scores: Tensor, subset: Tensor, num_groups: int, window: int, iteration: int, generator: torch.Generator
+) -> SeTaDecision:
+    """The window of :func:`seta_select` by a stable sort of the subset in random order: equal losses cut apart by
+    a window edge are then taken at random. Returns the window's samples in loss order."""
     subset = subset[torch.randperm(subset.numel(), generator=generator)]
     sorted_scores, order = torch.sort(scores[subset], stable=True)
     ends = kmeans_1d(sorted_scores, num_groups)
