@@ -191,6 +191,17 @@ def test_random_choice_mask_marks_the_draw_of_random_choice() -> None:
         random_choice_mask(10, 11, gen(0))
 
 
+def test_uniform_subset_mask_of_many_samples_takes_the_sparse_draws() -> None:
+    # Past 2**16 samples: 9/10 kept clears a sparse draw of the 1/10 left out, 1/10 kept marks a sparse draw.
+    nearly_all = uniform_subset_mask(200_000, 180_000, gen(4))
+    left_out = ranking_module._sparse_random_choice(200_000, 20_000, gen(4)).sort().values
+    assert int(nearly_all.sum()) == 180_000 and torch.equal((~nearly_all).nonzero().flatten(), left_out)
+    few = uniform_subset_mask(200_000, 20_000, gen(4))
+    assert int(few.sum()) == 20_000 and torch.equal(few.nonzero().flatten(), left_out)
+    middle = uniform_subset_mask(200_000, 100_000, gen(4))  # random keys
+    assert int(middle.sum()) == 100_000
+
+
 def test_uniform_subset_mask_is_uniform() -> None:
     counts = torch.zeros(7)
     trials = 3000

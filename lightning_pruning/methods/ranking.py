@@ -160,20 +160,25 @@ def _sparse_random_choice(population: int, size: int, generator: torch.Generator
     """:func:`random_choice` for ``size`` much smaller than ``population``: O(size) work instead of a key per member.
 
     Rounds of iid uniform draws are merged into a sorted set of distinct values until it holds ``size``; a
-    surplus is then dropped at random. Every step commutes with relabelling the population, so the result,
-    whose size is always ``size``, is a uniform ``size``-subset.
+    uniform draw of the surplus is then dropped. Every step commutes with relabelling the population, so the
+    result, whose size is always ``size``, is a uniform ``size``-subset (ascending).
     """
     chosen = numpy.empty(0, dtype=numpy.int64)
     while chosen.size < size:
         missing = size - chosen.size
-        draws = torch.randint(population, (missing + missing // 16 + 8,), generator=generator).numpy()
+        # A draw repeats an earlier one about (chosen + missing / 2) / population of the time: draw that many more
+        # (and a margin) so that one round nearly always suffices.
+        extra = missing * (chosen.size + missing) // population + missing // 32 + 16
+        draws = torch.randint(population, (missing + extra,), generator=generator).numpy()
         merged = numpy.sort(numpy.concatenate([chosen, draws]))
         distinct = numpy.empty(merged.size, dtype=bool)
         distinct[0] = True
         numpy.not_equal(merged[1:], merged[:-1], out=distinct[1:])
         chosen = merged[distinct]
     if chosen.size > size:
-        keep = torch.randperm(chosen.size, generator=generator)[:size].numpy()
+        # Dropping a uniform draw of the few surplus members costs O(surplus) (no permutation of all of them).
+        keep = numpy.ones(chosen.size, dtype=bool)
+        keep[random_choice(chosen.size, chosen.size - size, generator).numpy()] = False
         chosen = chosen[keep]
     return torch.from_numpy(chosen)
 
@@ -225,7 +230,9 @@ def uniform_subset_mask(num_samples: int, size: int, generator: torch.Generator)
     """Boolean mask of ``size`` distinct samples drawn uniformly from ``[0, num_samples)``.
 
     The same distribution as :func:`lightning_pruning.selection.uniform_subset`, drawn as the ``size``
-    largest of iid random keys, which is cheaper than a full permutation for millions of samples.
+    largest of iid random keys, which is cheaper than a full permutation for millions of samples; above
+    ``2**16`` samples a draw of at most an eighth (or of all but at most an eighth) takes the sparse draws of
+    :func:`random_choice` instead.
     """
     if not 0 <= size <= num_samples:
         raise ValueError(f"cannot draw {size} distinct samples out of {num_samples}")
@@ -233,6 +240,14 @@ def uniform_subset_mask(num_samples: int, size: int, generator: torch.Generator)
         return torch.ones(num_samples, dtype=torch.bool)
     if size == 0:
         return torch.zeros(num_samples, dtype=torch.bool)
+    if num_samples > _RANDPERM_TIES_MAX:
+        # Few taken or few left out: O(picks) sparse draws instead of a random key per sample (as random_choice).
+        if _draws_left_out(num_samples, size):
+            return _left_out_mask(num_samples, size, generator)
+        if size * _SPARSE_CHOICE_RATIO <= num_samples:
+            mask = torch.zeros(num_samples, dtype=torch.bool)
+            mask.numpy()[_sparse_random_choice(num_samples, size, generator).numpy()] = True
+            return mask
     return top_k_mask(torch.rand(num_samples, generator=generator), size, generator)
 
 
