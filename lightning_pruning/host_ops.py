@@ -18,7 +18,8 @@ from torch import Tensor
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.int32, torch.int64, torch.int16, torch.uint8, torch.bool)
 
 
-def _viewable(tensor: Tensor) -> bool:
+def viewable(tensor: Tensor) -> bool:
+    """Whether numpy can work on ``tensor`` in place: a contiguous CPU tensor of a dtype numpy has, without grad."""
     return (
         tensor.device.type == "cpu"
         and tensor.is_contiguous()
@@ -33,35 +34,35 @@ def _scalar(threshold: Tensor | float) -> float | int:
 
 def greater(values: Tensor, threshold: Tensor | float) -> Tensor:
     """``values > threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
-    if not _viewable(values):
+    if not viewable(values):
         return values > threshold
     return torch.from_numpy(numpy.greater(values.numpy(), _scalar(threshold)))
 
 
 def greater_equal(values: Tensor, threshold: Tensor | float) -> Tensor:
     """``values >= threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
-    if not _viewable(values):
+    if not viewable(values):
         return values >= threshold
     return torch.from_numpy(numpy.greater_equal(values.numpy(), _scalar(threshold)))
 
 
 def less(values: Tensor, threshold: Tensor | float) -> Tensor:
     """``values < threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
-    if not _viewable(values):
+    if not viewable(values):
         return values < threshold
     return torch.from_numpy(numpy.less(values.numpy(), _scalar(threshold)))
 
 
 def equal(values: Tensor, threshold: Tensor | float) -> Tensor:
     """``values == threshold`` (a bool tensor) for a 1-D tensor and a scalar."""
-    if not _viewable(values):
+    if not viewable(values):
         return values == threshold
     return torch.from_numpy(numpy.equal(values.numpy(), _scalar(threshold)))
 
 
 def count_true(mask: Tensor) -> int:
     """The number of ``True`` entries of a bool tensor (``int(torch.count_nonzero(mask))``)."""
-    if not _viewable(mask):
+    if not viewable(mask):
         return int(torch.count_nonzero(mask))
     return int(numpy.count_nonzero(mask.numpy()))
 
@@ -70,7 +71,7 @@ def kth_smallest(values: Tensor, k: int) -> Tensor:
     """The ``k``-th smallest entry (1-based) of a 1-D tensor without NaN, as a 0-dim tensor of its dtype: the value
     of ``torch.kthvalue(values, k).values``, by numpy's ``partition`` (about ten times faster on CPU, and its
     working copy holds the values only, not torch's int64 indices beside them)."""
-    if not _viewable(values):
+    if not viewable(values):
         return torch.kthvalue(values, k).values
     return torch.tensor(numpy.partition(values.numpy(), k - 1)[k - 1], dtype=values.dtype)
 
@@ -78,7 +79,7 @@ def kth_smallest(values: Tensor, k: int) -> Tensor:
 def add_mask_(values: Tensor, mask: Tensor) -> Tensor:
     """Adds 1 to ``values`` where the bool ``mask`` holds, in place (keys in ``[0, 1)`` move to ``[1, 2)``, above
     every unmasked key); returns ``values``."""
-    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
+    if not (viewable(values) and viewable(mask) and values.is_floating_point()):
         return values.add_(mask.to(values.dtype))
     numpy.add(values.numpy(), mask.numpy(), out=values.numpy())
     return values
@@ -87,7 +88,7 @@ def add_mask_(values: Tensor, mask: Tensor) -> Tensor:
 def keep_where_(values: Tensor, mask: Tensor) -> Tensor:
     """Zeroes ``values`` where the bool ``mask`` is ``False``, in place, as ``values * mask`` (finite values: the same
     as ``masked_fill_(~mask, 0)``, an order of magnitude faster than torch's masked fill); returns ``values``."""
-    if not (_viewable(values) and _viewable(mask) and values.is_floating_point()):
+    if not (viewable(values) and viewable(mask) and values.is_floating_point()):
         return values.masked_fill_(mask.logical_not(), 0.0)
     numpy.multiply(values.numpy(), mask.numpy(), out=values.numpy())
     return values
@@ -100,14 +101,14 @@ def sqrt(values: Tensor) -> Tensor:
     sizeable share of inputs (measured on torch 2.14's AVX2 kernel), so it can differ between CPU builds, and
     it takes a slow path on zeros, which fresh variance tables are full of. numpy's is the hardware's, exact.
     """
-    if not _viewable(values) or not values.is_floating_point():
+    if not viewable(values) or not values.is_floating_point():
         return values.sqrt()
     return torch.from_numpy(numpy.sqrt(values.numpy()))
 
 
 def sqrt_(values: Tensor) -> Tensor:
     """:func:`sqrt` in place; returns ``values``."""
-    if not _viewable(values) or not values.is_floating_point():
+    if not viewable(values) or not values.is_floating_point():
         return values.sqrt_()
     numpy.sqrt(values.numpy(), out=values.numpy())
     return values

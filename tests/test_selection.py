@@ -313,7 +313,7 @@ def test_segmented_top_k_by_hand() -> None:
     keys = torch.tensor([0.3, -1.0, 2.0, 5.0, -0.0, 0.0, -7.0, 1.0, 1.5])
     counts = torch.tensor([3, 0, 1, 5])
     take = torch.tensor([2, 0, 1, 2])
-    for small in (0, 2048):  # the per-segment topk path and the shared-sort path
+    for small in (0, 2048):  # the per-segment selection path and the shared-sort path
         picked = segmented_top_k(keys, counts, take, small_segment=small)
         assert picked.dtype == torch.int32
         assert sorted(picked.tolist()) == [0, 2, 3, 7, 8]
@@ -327,10 +327,18 @@ def test_segmented_top_k_by_hand() -> None:
     chunk=st.sampled_from([1, 16, 1 << 22]),
     ties=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
-    topk_max=st.sampled_from([8, 1 << 15]),
+    exact_max=st.sampled_from([8, 1 << 15]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
 )
 def test_segmented_top_k_equals_a_topk_per_segment(
-    sizes: list[int], shares: list[float], small: int, chunk: int, ties: bool, seed: int, topk_max: int
+    sizes: list[int],
+    shares: list[float],
+    small: int,
+    chunk: int,
+    ties: bool,
+    seed: int,
+    exact_max: int,
+    dtype: torch.dtype,
 ) -> None:
     counts = torch.tensor(sizes)
     take = torch.tensor([round(share * size) for share, size in zip(shares, sizes, strict=False)])
@@ -338,11 +346,23 @@ def test_segmented_top_k_equals_a_topk_per_segment(
     keys = torch.randn(int(counts.sum()), generator=generator) * 3
     if ties:
         keys = keys.round()  # many exact ties, negative values and -0.0
-    # topk_max=8: segments above 8 entries that the shared sort does not rank take the threshold path.
-    with mock.patch.object(selection_module, "_TOPK_MAX", topk_max):
+    keys = keys.to(dtype)  # bfloat16: keys numpy cannot view take the torch path
+    # exact_max=8: segments above 8 entries that the shared sort does not rank take the bracketed threshold path.
+    with mock.patch.object(selection_module, "_EXACT_SEGMENT_MAX", exact_max):
         picked = segmented_top_k(keys, counts, take, small_segment=small, sort_chunk=chunk)
     assert picked.numel() == int(take.sum()) and picked.unique().numel() == picked.numel()
     assert kept_per_segment(keys, counts, picked) == reference_segment_top_k(keys, counts, take)
+    # Ties at a segment's threshold are taken in position order on every path.
+    start = 0
+    for size, count in zip(counts.tolist(), take.tolist(), strict=True):
+        mine = sorted(p - start for p in picked.tolist() if start <= p < start + size)
+        if 0 < count < size:
+            segment = keys[start : start + size]
+            threshold = min(segment[mine].tolist())
+            tied = [i for i in range(size) if float(segment[i]) == threshold]
+            taken_ties = [i for i in mine if float(segment[i]) == threshold]
+            assert taken_ties == tied[: len(taken_ties)]
+        start += size
 
 
 def test_segmented_top_k_rejects_bad_counts() -> None:
