@@ -164,6 +164,30 @@ def test_sparse_random_choice_is_uniform_over_subsets() -> None:
     assert within_binomial_noise(off_diagonal, torch.full_like(off_diagonal, 1 / 15), trials)
 
 
+@settings(max_examples=60, deadline=None)
+@given(population=st.integers(1, 3000), data=st.data())
+def test_sparse_mask_marks_exactly_size_members(population: int, data: st.DataObject) -> None:
+    size = data.draw(st.integers(0, population))  # dense draws too: several rounds and an unmarked surplus
+    seed = data.draw(st.integers(0, 2**31))
+    mask = ranking_module._sparse_mask(population, size, gen(seed))
+    assert mask.dtype == bool and mask.shape == (population,) and int(mask.sum()) == size
+    assert (mask == ranking_module._sparse_mask(population, size, gen(seed))).all()
+
+
+def test_sparse_mask_is_uniform_over_subsets() -> None:
+    # Every element with probability 3/10 and every pair with probability 1/15, as for the sorted draw.
+    trials = 4000
+    singles = torch.zeros(10)
+    pairs = torch.zeros(10, 10)
+    for seed in range(trials):
+        member = torch.from_numpy(ranking_module._sparse_mask(10, 3, gen(seed))).float()
+        singles += member
+        pairs += member[:, None] * member[None, :]
+    assert within_binomial_noise(singles / trials, torch.full((10,), 0.3), trials)
+    off_diagonal = pairs[~torch.eye(10, dtype=torch.bool)] / trials
+    assert within_binomial_noise(off_diagonal, torch.full_like(off_diagonal, 1 / 15), trials)
+
+
 def test_random_choice_takes_the_sparse_path_for_few_picks_of_many() -> None:
     picks = random_choice(200_000, 20_000, gen(3))  # 1/10 of the population: sparse
     assert picks.numel() == 20_000 and picks.unique().numel() == 20_000 and int(picks.max()) < 200_000
@@ -176,8 +200,8 @@ def test_random_choice_of_nearly_all_leaves_out_a_sparse_uniform_draw() -> None:
     picks = random_choice(200_000, 180_000, gen(5))  # 9/10: the 20_000 left out are drawn the sparse way
     left_out = torch.ones(200_000, dtype=torch.bool)
     left_out[picks] = False
-    expected = ranking_module._sparse_random_choice(200_000, 20_000, gen(5)).sort().values
-    assert torch.equal(left_out.nonzero().flatten(), expected)
+    expected = torch.from_numpy(ranking_module._sparse_mask(200_000, 20_000, gen(5)))
+    assert torch.equal(left_out, expected)
     assert picks.dtype == torch.int64 and picks.numel() == 180_000 and bool((picks[1:] > picks[:-1]).all())
 
 
@@ -194,10 +218,10 @@ def test_random_choice_mask_marks_the_draw_of_random_choice() -> None:
 def test_uniform_subset_mask_of_many_samples_takes_the_sparse_draws() -> None:
     # Past 2**16 samples: 9/10 kept clears a sparse draw of the 1/10 left out, 1/10 kept marks a sparse draw.
     nearly_all = uniform_subset_mask(200_000, 180_000, gen(4))
-    left_out = ranking_module._sparse_random_choice(200_000, 20_000, gen(4)).sort().values
-    assert int(nearly_all.sum()) == 180_000 and torch.equal((~nearly_all).nonzero().flatten(), left_out)
+    left_out = torch.from_numpy(ranking_module._sparse_mask(200_000, 20_000, gen(4)))
+    assert int(nearly_all.sum()) == 180_000 and torch.equal(~nearly_all, left_out)
     few = uniform_subset_mask(200_000, 20_000, gen(4))
-    assert int(few.sum()) == 20_000 and torch.equal(few.nonzero().flatten(), left_out)
+    assert int(few.sum()) == 20_000 and torch.equal(few, left_out)
     middle = uniform_subset_mask(200_000, 100_000, gen(4))  # random keys
     assert int(middle.sum()) == 100_000
 

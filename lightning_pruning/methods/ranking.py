@@ -150,10 +150,41 @@ def _draws_left_out(population: int, size: int) -> bool:
 
 def _left_out_mask(population: int, size: int, generator: torch.Generator) -> Tensor:
     """Nearly everything is taken: the few left out are drawn the sparse way (the complement of a uniform subset
-    is uniform) and cleared from a full mask."""
-    taken = numpy.ones(population, dtype=bool)
-    taken[_sparse_random_choice(population, population - size, generator).numpy()] = False
-    return torch.from_numpy(taken)
+    is uniform) and the mask inverted."""
+    taken = _sparse_mask(population, population - size, generator)
+    return torch.from_numpy(numpy.logical_not(taken, out=taken))
+
+
+def _sparse_mask(population: int, size: int, generator: torch.Generator) -> numpy.ndarray:
+    """A uniform ``size``-subset of ``[0, population)`` as a bool mask, for ``size`` up to about an eighth of it.
+
+    Rounds of iid uniform positions are marked until at least ``size`` are; the few surplus are then unmarked by
+    further uniform draws that hit marked positions, in draw order. O(size) random draws and writes plus one count
+    of the mask per round: no sort of the picks (at 10^8 samples sorting 10^7 picks costs more than a key per
+    sample). Every step commutes with relabelling the population and the count ends exact, so the marked set is a
+    uniform ``size``-subset.
+    """
+    mask = numpy.zeros(population, dtype=bool)
+    marked = 0
+    while marked < size:
+        missing = size - marked
+        # m draws repeat one another or a marked position about m * (marked + m / 2) / population times: draw that
+        # many more, plus a few standard deviations of that count, so that one round nearly always suffices and
+        # leaves a small surplus.
+        repeats = missing * (2 * marked + missing) // (2 * population)
+        draws = torch.randint(population, (missing + repeats + 4 * math.isqrt(repeats) + 16,), generator=generator)
+        mask[draws.numpy()] = True
+        marked = int(numpy.count_nonzero(mask))
+    while marked > size:
+        surplus = marked - size
+        expected = surplus * population // marked  # a draw hits a marked position marked / population of the time
+        draws = torch.randint(population, (expected + 4 * math.isqrt(expected) + 16,), generator=generator)
+        distinct, first = numpy.unique(draws.numpy(), return_index=True)
+        hit = mask[distinct]
+        unmark = distinct[hit][numpy.argsort(first[hit], kind="stable")][:surplus]  # the first hits, in draw order
+        mask[unmark] = False
+        marked -= unmark.size
+    return mask
 
 
 def _sparse_random_choice(population: int, size: int, generator: torch.Generator) -> Tensor:
@@ -245,9 +276,7 @@ def uniform_subset_mask(num_samples: int, size: int, generator: torch.Generator)
         if _draws_left_out(num_samples, size):
             return _left_out_mask(num_samples, size, generator)
         if size * _SPARSE_CHOICE_RATIO <= num_samples:
-            mask = torch.zeros(num_samples, dtype=torch.bool)
-            mask.numpy()[_sparse_random_choice(num_samples, size, generator).numpy()] = True
-            return mask
+            return torch.from_numpy(_sparse_mask(num_samples, size, generator))
     return top_k_mask(torch.rand(num_samples, generator=generator), size, generator)
 
 
