@@ -478,6 +478,26 @@ def test_a_version_2_checkpoint_still_loads() -> None:
     assert torch.equal(restored.scores, method.scores) and torch.equal(restored.scored, method.scored)
 
 
+def test_a_version_3_checkpoint_still_loads() -> None:
+    """Version 3 stored the subset's mask beside the tables (no sign-bit carrier)."""
+    method = hand_driven(UCBVariance(0.5, seed=0), 5000)
+    state = method.state_dict()
+    assert "flags_in" in state["subset"]  # version 4 carries the mask in a table's sign bits
+    old = {
+        **state,
+        "version": 3,
+        "subset": encode_indices(method.current_subset, 5000),
+        "method": {name: encode(getattr(method, name)) for name in method.state_attributes},
+    }
+    assert "mask" in old["subset"]
+    restored = UCBVariance(0.5, seed=0)
+    restored.prepare(5000, max_epochs=100)
+    restored.load_state_dict(old)
+    assert torch.equal(restored.current_subset, method.current_subset)
+    assert torch.equal(restored.loss_mean, method.loss_mean)
+    assert torch.equal(restored.loss_variance, method.loss_variance)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The sampler: positions of the served order, serving a subset already in random order.
 @settings(max_examples=80, deadline=None)
