@@ -382,7 +382,7 @@ def _segment_top_k_numpy(values: numpy.ndarray, count: int) -> numpy.ndarray:
     from lightning_pruning.methods.ranking import threshold_with_counts  # methods/ imports this module
 
     size = values.size
-    if size <= _EXACT_SEGMENT_MAX:
+    if size <= _EXACT_SEGMENT_MAX:  # host_ops.kth_smallest's 0-dim tensor would cost more than this per segment
         kth = numpy.partition(values, size - count)[size - count]
     else:  # a bracketing sample first: no copy of the whole segment
         kth = threshold_with_counts(torch.from_numpy(values), count)[0].numpy()

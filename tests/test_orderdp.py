@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 import lightning.pytorch as pl
@@ -11,6 +12,7 @@ import torch
 from helpers import ToyModel, toy_datamodule, trainer_kwargs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 import lightning_pruning.methods.ranking as ranking_module
 from lightning_pruning.methods.base import Harvest
@@ -149,14 +151,24 @@ def test_sparse_random_choice_draws_exactly_size_distinct_positions(population: 
     assert torch.equal(picks, ranking_module._sparse_random_choice(population, size, gen(seed)))
 
 
-def test_sparse_random_choice_is_uniform_over_subsets() -> None:
+def _sorted_sparse_members(generator: torch.Generator) -> Tensor:
+    member = torch.zeros(10)
+    member[ranking_module._sparse_random_choice(10, 3, generator)] = 1.0
+    return member
+
+
+def _masked_sparse_members(generator: torch.Generator) -> Tensor:
+    return torch.from_numpy(ranking_module._sparse_mask(10, 3, generator)).float()
+
+
+@pytest.mark.parametrize("draw", [_sorted_sparse_members, _masked_sparse_members])
+def test_sparse_draws_are_uniform_over_subsets(draw: Callable[[torch.Generator], Tensor]) -> None:
     # Every element with probability 3/10 and every pair with probability (3 * 2) / (10 * 9) = 1/15.
     trials = 4000
     singles = torch.zeros(10)
     pairs = torch.zeros(10, 10)
     for seed in range(trials):
-        member = torch.zeros(10)
-        member[ranking_module._sparse_random_choice(10, 3, gen(seed))] = 1.0
+        member = draw(gen(seed))
         singles += member
         pairs += member[:, None] * member[None, :]
     assert within_binomial_noise(singles / trials, torch.full((10,), 0.3), trials)
@@ -172,20 +184,6 @@ def test_sparse_mask_marks_exactly_size_members(population: int, data: st.DataOb
     mask = ranking_module._sparse_mask(population, size, gen(seed))
     assert mask.dtype == bool and mask.shape == (population,) and int(mask.sum()) == size
     assert (mask == ranking_module._sparse_mask(population, size, gen(seed))).all()
-
-
-def test_sparse_mask_is_uniform_over_subsets() -> None:
-    # Every element with probability 3/10 and every pair with probability 1/15, as for the sorted draw.
-    trials = 4000
-    singles = torch.zeros(10)
-    pairs = torch.zeros(10, 10)
-    for seed in range(trials):
-        member = torch.from_numpy(ranking_module._sparse_mask(10, 3, gen(seed))).float()
-        singles += member
-        pairs += member[:, None] * member[None, :]
-    assert within_binomial_noise(singles / trials, torch.full((10,), 0.3), trials)
-    off_diagonal = pairs[~torch.eye(10, dtype=torch.bool)] / trials
-    assert within_binomial_noise(off_diagonal, torch.full_like(off_diagonal, 1 / 15), trials)
 
 
 def test_random_choice_takes_the_sparse_path_for_few_picks_of_many() -> None:

@@ -197,8 +197,8 @@ def _sparse_random_choice(population: int, size: int, generator: torch.Generator
     chosen = numpy.empty(0, dtype=numpy.int64)
     while chosen.size < size:
         missing = size - chosen.size
-        # A draw repeats an earlier one about (chosen + missing / 2) / population of the time: draw that many more
-        # (and a margin) so that one round nearly always suffices.
+        # A draw repeats an earlier one about (chosen + missing / 2) / population of the time: draw about twice that
+        # many more (and a margin) so that one round nearly always suffices; a surplus is dropped below.
         extra = missing * (chosen.size + missing) // population + missing // 32 + 16
         draws = torch.randint(population, (missing + extra,), generator=generator).numpy()
         merged = numpy.sort(numpy.concatenate([chosen, draws]))
