@@ -107,6 +107,37 @@ def test_kmeans_helpers_read_strided_and_narrow_tables_like_torch(
     torch.testing.assert_close(second, want_second, rtol=1e-12, atol=1e-9)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.integers(min_value=2, max_value=4000),
+    seed=st.integers(min_value=0, max_value=2**31),
+    shape=st.sampled_from(["exponential", "cubed", "ties", "normal"]),
+    k=st.integers(min_value=2, max_value=8),
+    bins=st.integers(min_value=4, max_value=1100),
+)
+def test_divide_and_conquer_layers_split_like_the_full_table(
+    size: int, seed: int, shape: str, k: int, bins: int
+) -> None:
+    """The dynamic programme's layers by halving the split ranges find the same split as the whole table, on skewed
+    losses, heavy tails, many equal values and negative values."""
+    generator = torch.Generator().manual_seed(seed)
+    if shape == "normal":
+        values = torch.randn(size, generator=generator, dtype=torch.float64) * 3 - 1
+    elif shape == "ties":
+        values = (torch.rand(size, generator=generator) * 5).round(decimals=1)
+    else:
+        values = torch.empty(size).exponential_(generator=generator) ** (3 if shape == "cubed" else 1)
+    values = values.sort().values
+    k = min(k, size)
+    sums = seta_module._PrefixSums(values, float(values.to(torch.float64).mean()))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(seta_module, "_FULL_TABLE_EDGES", 10**9)
+        by_table = seta_module._optimal_segments(values, sums, k, bins)
+        patch.setattr(seta_module, "_FULL_TABLE_EDGES", 0)
+        by_halving = seta_module._optimal_segments(values, sums, k, bins)
+    assert torch.equal(by_halving, by_table)
+
+
 def _sse(values: list[float], ends: list[int]) -> float:
     total, start = 0.0, 0
     for end in ends:

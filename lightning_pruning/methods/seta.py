@@ -24,16 +24,16 @@ from lightning_pruning.selection import mask_positions
 
 #: Lloyd iterations at most (scikit-learn's default ``max_iter``); 1-D runs converge in far fewer.
 KMEANS_MAX_ITER = 300
-#: Edges of the dynamic-programming start of the 1-D k-means (about 8 MB of float64 at 1024).
+#: Edges of the dynamic-programming start of the 1-D k-means (its cost grows as edges · log(edges) per cluster).
 KMEANS_BINS = 1024
 #: The reference keeps at least this share of the data in the random step (InfoBatch's clamp).
 MIN_KEEP_RATIO = 0.1
 
 
 #: Values per block of the prefix-sum table (memory ``O(m / block)`` instead of float64 copies of the data).
-_PREFIX_BLOCK = 256
+_PREFIX_BLOCK = 64
 #: Values converted to float64 at a time while summing blocks (a multiple of the block).
-_PREFIX_CHUNK = 1 << 18
+_PREFIX_CHUNK = 1 << 16
 _BLOCK_OFFSETS = numpy.arange(_PREFIX_BLOCK)
 
 
@@ -52,43 +52,55 @@ class _PrefixSums:
         blocks = -(-size // _PREFIX_BLOCK)
         sums = torch.zeros(blocks + 1, dtype=torch.float64)
         squares = torch.zeros(blocks + 1, dtype=torch.float64)
+        # One float64 buffer, reused: fresh chunk-sized temporaries cost more in page faults than the arithmetic.
+        buffer = torch.empty(min(_PREFIX_CHUNK, blocks * _PREFIX_BLOCK), dtype=torch.float64)
         for start in range(0, size, _PREFIX_CHUNK):
-            part = values[start : start + _PREFIX_CHUNK].to(torch.float64) - shift
-            padding = -part.numel() % _PREFIX_BLOCK
-            if padding:
-                part = torch.cat([part, part.new_zeros(padding)])
-            rows = part.view(-1, _PREFIX_BLOCK)
+            chunk = values[start : start + _PREFIX_CHUNK]
+            rows_now = -(-chunk.numel() // _PREFIX_BLOCK)
+            part = buffer[: rows_now * _PREFIX_BLOCK]
+            part[chunk.numel() :] = shift  # the padding of the last block adds 0 once centred
+            part[: chunk.numel()] = chunk
+            rows = part.sub_(shift).view(-1, _PREFIX_BLOCK)
             first_block = start // _PREFIX_BLOCK + 1
-            sums[first_block : first_block + rows.shape[0]] = rows.sum(1)
-            squares[first_block : first_block + rows.shape[0]] = rows.square().sum(1)
+            torch.sum(rows, 1, out=sums[first_block : first_block + rows_now])
+            torch.sum(rows.square_(), 1, out=squares[first_block : first_block + rows_now])
         self.sums = sums.cumsum_(0)
         self.squares = squares.cumsum_(0)
 
     def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Sums of ``values[:i] - shift`` and of their squares for every ``i`` in ``positions`` (int64)."""
-        values = _as_numpy(self.values)
-        if values is None:
-            return self._at_torch(positions)
-        # numpy on these small arrays: Lloyd's iterations call this a few dozen times per decision, and torch's
-        # per-operation overhead on tiny tensors is several times numpy's.
-        where = positions.numpy()
-        block = where // _PREFIX_BLOCK
-        inside = _BLOCK_OFFSETS < (where - block * _PREFIX_BLOCK)[:, None]
-        gather = numpy.minimum(block[:, None] * _PREFIX_BLOCK + _BLOCK_OFFSETS, values.size - 1)
-        part = (values[gather].astype(numpy.float64) - self.shift) * inside
+        block, part = self._partial_blocks(positions)
+        if isinstance(part, Tensor):
+            return self.sums[block] + part.sum(1), self.squares[block] + part.square().sum(1)
         sums, squares = self.sums.numpy(), self.squares.numpy()
         return (
             torch.from_numpy(sums[block] + part.sum(1)),
             torch.from_numpy(squares[block] + numpy.square(part).sum(1)),
         )
 
-    def _at_torch(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        block = positions // _PREFIX_BLOCK
-        offsets = torch.arange(_PREFIX_BLOCK)
-        inside = offsets < (positions - block * _PREFIX_BLOCK)[:, None]
-        where = (block[:, None] * _PREFIX_BLOCK + offsets).clamp_max_(self.values.numel() - 1)
-        part = (self.values[where].to(torch.float64) - self.shift) * inside
-        return self.sums[block] + part.sum(1), self.squares[block] + part.square().sum(1)
+    def sums_at(self, positions: Tensor) -> Tensor:
+        """The first of :meth:`at`'s sums alone (what Lloyd's iterations need)."""
+        block, part = self._partial_blocks(positions)
+        if isinstance(part, Tensor):
+            return self.sums[block] + part.sum(1)
+        return torch.from_numpy(self.sums.numpy()[block] + part.sum(1))
+
+    def _partial_blocks(self, positions: Tensor) -> tuple[Tensor | numpy.ndarray, Tensor | numpy.ndarray]:
+        """The block of every position and the float64 ``values - shift`` of its block before it (0 after)."""
+        values = _as_numpy(self.values)
+        if values is None:
+            block = positions // _PREFIX_BLOCK
+            offsets = torch.arange(_PREFIX_BLOCK)
+            inside = offsets < (positions - block * _PREFIX_BLOCK)[:, None]
+            where = (block[:, None] * _PREFIX_BLOCK + offsets).clamp_max_(self.values.numel() - 1)
+            return block, (self.values[where].to(torch.float64) - self.shift) * inside
+        # numpy on these small arrays: Lloyd's iterations call this a few dozen times per decision, and torch's
+        # per-operation overhead on tiny tensors is several times numpy's.
+        at = positions.numpy()
+        blocks = at // _PREFIX_BLOCK
+        before = _BLOCK_OFFSETS < (at - blocks * _PREFIX_BLOCK)[:, None]
+        gather = numpy.minimum(blocks[:, None] * _PREFIX_BLOCK + _BLOCK_OFFSETS, values.size - 1)
+        return blocks, (values[gather].astype(numpy.float64) - self.shift) * before
 
 
 def _as_numpy(values: Tensor) -> numpy.ndarray | None:
@@ -107,6 +119,13 @@ def _count_at_most(sorted_values: Tensor, targets: Tensor) -> Tensor:
     if values is None:
         return _count_at_most_torch(sorted_values, targets)
     goal = targets.numpy()
+    if values.flags.c_contiguous:
+        # v <= t exactly when v <= the largest value of v's dtype not above t: numpy's own search then runs on the
+        # values as they are (a float64 target would make it convert every value first).
+        below = goal.astype(values.dtype)
+        rounded_up = below > goal
+        below[rounded_up] = numpy.nextafter(below[rounded_up], values.dtype.type(-numpy.inf))
+        return torch.from_numpy(numpy.searchsorted(values, below, side="right").astype(numpy.int64))
     low = numpy.zeros(goal.size, dtype=numpy.int64)
     high = numpy.full(goal.size, size, dtype=numpy.int64)
     for _ in range(size.bit_length()):
@@ -129,11 +148,16 @@ def _count_at_most_torch(sorted_values: Tensor, targets: Tensor) -> Tensor:
     return low
 
 
+#: Up to this many edges the dynamic programme fills the whole (edges x edges) table; above, each layer is
+#: solved by divide and conquer on the monotone split points (the same minima, ``O(edges · log edges)`` a layer).
+_FULL_TABLE_EDGES = 96
+
+
 def _optimal_segments(values: Tensor, sums: _PrefixSums, k: int, bins: int) -> Tensor:
     """Least-squares split of sorted ``values`` into ``k`` runs with ends on about ``bins`` edges.
 
     Dynamic programming over the edges (exact 1-D k-means when ``len(values) <= bins // 2``):
-    ``D_j(i) = min_l D_{j-1}(l) + SSE(l, i)``, with each SSE from prefix sums; ``O(k · bins²)``.
+    ``D_j(i) = min_l D_{j-1}(l) + SSE(l, i)``, with each SSE from prefix sums.
     """
     m = values.numel()
     # Half the edges split the samples evenly, half the value range evenly (the sparse tail of a skewed
@@ -143,30 +167,75 @@ def _optimal_segments(values: Tensor, sums: _PrefixSums, k: int, bins: int) -> T
     by_value = _count_at_most(values, levels)
     edges = torch.unique(torch.cat([by_count, by_value, torch.tensor([0, m])]))
     first, second = sums.at(edges)  # centred on the mean: smaller sums, less cancellation in the SSE
-    count = edges.to(torch.float64)
-    # The (edges x edges) float64 tables are built in place: each fresh 8 MB temporary costs milliseconds of page
-    # faults, more than the arithmetic. Row l, column i: the run from edge l to edge i.
-    gap = count[None, :] - count[:, None]  # samples between edge l (row) and edge i (column)
-    between = first[None, :] - first[:, None]
-    cost = second[None, :] - second[:, None]
-    cost.sub_(between.square_().div_(gap.clamp_min(1.0)))
-    del between
-    cost.clamp_min_(0.0).masked_fill_(gap <= 0, math.inf)
-    del gap
-    best = cost[0]  # one run from edge 0 to edge i
-    # Transposed (column i contiguous): the minimum over l of best[l] + cost[l, i] reduces along rows, several
-    # times faster than a strided reduction with indices.
-    cost_by_end = cost.t().contiguous()
-    del cost
-    total = torch.empty_like(cost_by_end)
+    layer = _layer_by_table if edges.numel() <= _FULL_TABLE_EDGES else _layer_by_halving
+    table = _SegmentCosts(first.numpy(), second.numpy(), edges.numpy().astype(numpy.float64))
+    # One run from edge 0 to edge i (infinite for i = 0: runs are never empty).
+    best = table.cost(numpy.zeros(1, dtype=numpy.int64), numpy.arange(edges.numel()))
     choices = []
     for _ in range(1, k):
-        best, choice = torch.add(cost_by_end, best[None, :], out=total).min(1)
+        best, choice = layer(table, best)
         choices.append(choice)
     ends = [edges.numel() - 1]
     for choice in reversed(choices):
         ends.append(int(choice[ends[-1]]))
     return edges[torch.tensor(ends[::-1])]
+
+
+@dataclass(frozen=True)
+class _SegmentCosts:
+    """Sum of squared deviations of the run between two edges, from float64 prefix sums at the edges."""
+
+    first: numpy.ndarray  # sums of the centred values before each edge
+    second: numpy.ndarray  # sums of their squares
+    count: numpy.ndarray  # samples before each edge (float64)
+
+    def cost(self, start: numpy.ndarray, end: numpy.ndarray) -> numpy.ndarray:
+        """SSE of the runs from edge ``start`` to edge ``end`` (broadcast); infinite where the run is empty."""
+        gap = self.count[end] - self.count[start]
+        between = self.first[end] - self.first[start]
+        sse = self.second[end] - self.second[start] - numpy.square(between) / numpy.maximum(gap, 1.0)
+        return numpy.where(gap > 0, numpy.maximum(sse, 0.0), numpy.inf)
+
+
+def _layer_by_table(table: _SegmentCosts, best: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """One layer of the dynamic programme over the whole table: for every end edge ``i``, the minimum over
+    ``l`` of ``best[l] + SSE(l, i)`` and the first ``l`` reaching it."""
+    size = best.size
+    totals = best[:, None] + table.cost(numpy.arange(size)[:, None], numpy.arange(size)[None, :])
+    choice = numpy.argmin(totals, axis=0)
+    return totals[choice, numpy.arange(size)], choice
+
+
+def _layer_by_halving(table: _SegmentCosts, best: numpy.ndarray) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The layer of :func:`_layer_by_table` by divide and conquer: the SSE of sorted runs satisfies the
+    quadrangle inequality, so the first minimising ``l`` never decreases with ``i``. Each round takes the middle
+    end of every open range of ends, searches it over its range of split points only, and halves the ranges
+    around the split it found: about ``2 · edges`` costs a round, ``log2(edges)`` rounds, all vectorised."""
+    size = best.size
+    new_best = numpy.full(size, numpy.inf)
+    choice = numpy.zeros(size, dtype=numpy.int64)
+    # Open ranges of ends [end_low, end_high] whose split lies in [split_low, split_high]; a split is below its end.
+    end_low, end_high = numpy.array([1]), numpy.array([size - 1])
+    split_low, split_high = numpy.array([0]), numpy.array([size - 2])
+    while end_low.size:
+        middle = (end_low + end_high) >> 1
+        lengths = numpy.minimum(split_high, middle - 1) - split_low + 1
+        offsets = numpy.concatenate([[0], numpy.cumsum(lengths)[:-1]])
+        group = numpy.repeat(numpy.arange(middle.size), lengths)
+        splits = split_low[group] + numpy.arange(group.size) - offsets[group]
+        totals = best[splits] + table.cost(splits, middle[group])
+        lowest = numpy.minimum.reduceat(totals, offsets)
+        positions = numpy.where(totals == lowest[group], numpy.arange(group.size), group.size)
+        found = splits[numpy.minimum.reduceat(positions, offsets)]
+        new_best[middle], choice[middle] = lowest, found
+        left, right = middle > end_low, middle < end_high
+        end_low, end_high, split_low, split_high = (
+            numpy.concatenate([end_low[left], middle[right] + 1]),
+            numpy.concatenate([middle[left] - 1, end_high[right]]),
+            numpy.concatenate([split_low[left], found[right]]),
+            numpy.concatenate([found[left], split_high[right]]),
+        )
+    return new_best, choice
 
 
 def kmeans_1d(sorted_values: Tensor, k: int, bins: int = KMEANS_BINS, max_iter: int = KMEANS_MAX_ITER) -> Tensor:
@@ -185,7 +254,8 @@ def kmeans_1d(sorted_values: Tensor, k: int, bins: int = KMEANS_BINS, max_iter: 
     Args:
         sorted_values: ascending float values, shape ``(m,)`` with ``m >= k``; any float dtype and stride.
         k: number of clusters, >= 1.
-        bins: edges of the dynamic-programming start (memory ``O(bins²)``).
+        bins: edges of the dynamic-programming start (time ``O(k · bins · log bins)``; the whole ``bins²``
+            table only up to 96 edges).
         max_iter: Lloyd iterations at most.
 
     Returns:
@@ -207,19 +277,22 @@ def kmeans_1d(sorted_values: Tensor, k: int, bins: int = KMEANS_BINS, max_iter: 
     )
     sums = _PrefixSums(sorted_values, total / m)
     ends = _optimal_segments(sorted_values, sums, k, bins)
-    centers = torch.zeros(k, dtype=torch.float64)
+    # The iterations run on numpy's small arrays: a few dozen of them, each a handful of operations on k values,
+    # where torch's per-operation overhead would dominate.
+    centers = numpy.zeros(k)
+    ends_now = ends.numpy()
     for _ in range(max_iter):
-        starts = torch.cat([torch.zeros(1, dtype=torch.int64), ends[:-1]])
-        sizes = ends - starts
-        run_sums = sums.at(ends)[0] - sums.at(starts)[0]
-        means = sums.shift + run_sums / sizes.clamp_min(1)
-        centers = torch.where(sizes > 0, means, centers)  # an empty cluster keeps its last centre
+        sizes = ends_now - numpy.concatenate(([0], ends_now[:-1]))
+        prefix = sums.sums_at(torch.from_numpy(ends_now)).numpy()
+        run_sums = prefix - numpy.concatenate(([0.0], prefix[:-1]))  # the sum before position 0 is 0
+        means = sums.shift + run_sums / numpy.maximum(sizes, 1)
+        centers = numpy.where(sizes > 0, means, centers)  # an empty cluster keeps its last centre
         midpoints = (centers[:-1] + centers[1:]) / 2
-        new_ends = torch.cat([_count_at_most(sorted_values, midpoints), torch.tensor([m])])
-        if torch.equal(new_ends, ends):
+        new_ends = numpy.append(_count_at_most(sorted_values, torch.from_numpy(midpoints)).numpy(), m)
+        if numpy.array_equal(new_ends, ends_now):
             break
-        ends = new_ends
-    return ends
+        ends_now = new_ends
+    return torch.from_numpy(ends_now)
 
 
 def window_start(iteration: int, num_groups: int, window: int) -> int:
