@@ -7,7 +7,6 @@ them touches a global random number generator. They run on CPU tensors.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy
@@ -82,30 +81,30 @@ def uniform_subset(num_samples: int, size: int, generator: torch.Generator) -> T
     return torch.randperm(num_samples, generator=generator, dtype=index_dtype(num_samples))[:size].to(torch.int64)
 
 
-def _greedy_units(gain: Tensor, room: Tensor, units: int) -> Tensor:
+def _greedy_units(gain: numpy.ndarray, room: numpy.ndarray, units: int) -> numpy.ndarray:
     """Hands out ``units`` one at a time, each to the entry of largest ``gain`` (ties: lower index).
 
     An entry's gain drops by 1 with every unit it takes and it takes at most ``room`` units. Returns the
     units each entry took. Equivalent to the one-at-a-time loop but done in passes: a pass serves, in
     order, every entry within 1 of the best gain (none of them can come back before the pass ends), and
-    when a pass would serve every entry with room, whole rounds are served at once.
+    when a pass would serve every entry with room, whole rounds are served at once. numpy on these
+    per-class arrays: a handful of operations on C values each pass, where torch's per-call cost dominates.
     """
-    taken = torch.zeros_like(room)
-    excluded = torch.tensor(-math.inf, dtype=gain.dtype)
+    taken = numpy.zeros_like(room)
     while units > 0:
         left = room - taken
         eligible = left > 0
-        key = torch.where(eligible, gain - taken, excluded)
+        key = numpy.where(eligible, gain - taken, -numpy.inf)
         window = eligible & (key > key.max() - 1.0)
-        size = int(window.sum())
-        if size == int(eligible.sum()) and units >= size:
+        size = int(numpy.count_nonzero(window))
+        if size == int(numpy.count_nonzero(eligible)) and units >= size:
             rounds = min(units // size, int(left[eligible].min()))
             taken[eligible] += rounds
             units -= rounds * size
             continue
-        serve = torch.argsort(-key, stable=True)[: min(units, size)]
+        serve = numpy.argsort(-key, kind="stable")[: min(units, size)]
         taken[serve] += 1
-        units -= serve.numel()
+        units -= serve.size
     return taken
 
 
@@ -141,21 +140,21 @@ def largest_remainder_round(
     Raises:
         ValueError: if the bounds make ``total`` unreachable.
     """
-    quotas = quotas.to(torch.float64).clamp_min(0.0)
-    size = quotas.numel()
-    low = torch.zeros(size, dtype=torch.int64) if lower is None else lower.to(torch.int64)
-    high = torch.full((size,), total, dtype=torch.int64) if upper is None else upper.to(torch.int64)
+    shares = numpy.maximum(quotas.detach().to(torch.float64).cpu().numpy(), 0.0)
+    size = shares.size
+    low = numpy.zeros(size, dtype=numpy.int64) if lower is None else lower.to(torch.int64).cpu().numpy()
+    high = numpy.full(size, total, dtype=numpy.int64) if upper is None else upper.to(torch.int64).cpu().numpy()
     if int(low.sum()) > total or int(high.sum()) < total or bool((low > high).any()):
         raise ValueError(
             f"cannot split a total of {total} within bounds summing to [{int(low.sum())}, {int(high.sum())}]"
         )
-    counts = torch.minimum(torch.maximum(quotas.floor().to(torch.int64), low), high)
+    counts = numpy.minimum(numpy.maximum(numpy.floor(shares).astype(numpy.int64), low), high)
     missing = total - int(counts.sum())
     if missing > 0:
-        counts += _greedy_units(quotas - counts, high - counts, missing)
+        counts += _greedy_units(shares - counts, high - counts, missing)
     elif missing < 0:
-        counts -= _greedy_units(counts - quotas, counts - low, -missing)
-    return counts
+        counts -= _greedy_units(counts - shares, counts - low, -missing)
+    return torch.from_numpy(counts)
 
 
 @dataclass(frozen=True)
@@ -283,25 +282,15 @@ def gather_in_place(table: Tensor, index: Tensor) -> Tensor:
     return index
 
 
-def _descending_sort_keys(values: Tensor) -> Tensor:
-    """int64 keys in ``[0, 2**32)`` whose ascending order is the descending order of float32 ``values``."""
-    bits = torch.add(values.to(torch.float32), 0.0).view(torch.int32)  # + 0.0: -0.0 ties with +0.0 as a float does
-    # IEEE floats order like sign-magnitude integers. For x >= 0, flipping the 31 magnitude bits reverses
-    # their order; for x < 0 the raw bits, read as unsigned, already grow as x falls. Both land in the
-    # right halves of [0, 2**32): non-negative values below 2**31, negative ones above.
-    flip = (bits >> 31).bitwise_not_().bitwise_and_(0x7FFFFFFF)
-    return flip.bitwise_xor_(bits).to(torch.int64).bitwise_and_(0xFFFFFFFF)
-
-
 def segmented_top_k(
     keys: Tensor, counts: Tensor, take: Tensor, *, small_segment: int = _SMALL_SEGMENT, sort_chunk: int = _SORT_CHUNK
 ) -> Tensor:
     """Positions of the ``take[j]`` largest ``keys`` of every consecutive segment ``j`` of lengths ``counts``.
 
     The segments are consecutive slices of ``keys`` (a class-grouped table). Segments taken whole or
-    not at all need no comparison. Partial segments of at most ``small_segment`` entries are all ranked
-    by ONE integer sort of ``(segment id, descending key)`` composites, no Python loop (only the sorted
-    values are used: each segment's ``take[j]``-th composite is its threshold); larger ones, of which there
+    not at all need no comparison. Partial segments of at most ``small_segment`` entries are sorted together,
+    no Python loop over them: each in a row of a padded table, one numpy sort call per row width (each
+    segment's ``take[j]``-th largest key is its threshold); larger ones, of which there
     are at most ``N / small_segment``, get their ``take[j]``-th largest key by selection each (the per-call
     overhead is small next to the segment's own cost; numpy's ``partition`` up to ``2**15`` entries, then
     :func:`~lightning_pruning.methods.ranking.threshold_with_counts`, which copies no whole segment). Keys tied
@@ -311,8 +300,8 @@ def segmented_top_k(
         keys: 1-D float keys without NaN, shape ``(N,)``.
         counts: int segment lengths, ``(C,)``, summing to ``N``.
         take: int entries to take per segment, ``0 <= take[j] <= counts[j]``.
-        small_segment: the largest segment ranked by the shared sort.
-        sort_chunk: about how many entries one sort ranks (whole segments per sort; bounds the memory).
+        small_segment: the largest segment ranked by the padded-table sort.
+        sort_chunk: about how many entries one padded table holds (whole segments per table; bounds the memory).
 
     Returns:
         ``sum(take)`` positions into ``keys`` (int32 while ``N < 2**31``, else int64), in no particular order.
@@ -358,7 +347,7 @@ def segmented_top_k(
         bounds = [0, *sorted(set(cuts) - {0}), small_ids.numel()]
         for first, last in itertools.pairwise(bounds):
             if first < last:
-                put(_sorted_segment_top_k(keys, small_ids[first:last], starts, counts, take, dtype))
+                put(_padded_segment_top_k(keys, small_ids[first:last], starts, counts, take, dtype))
 
     large = torch.nonzero(partial & ~small).squeeze(1)
     table = keys.numpy() if host_ops.viewable(keys) else None
@@ -404,14 +393,16 @@ def _segment_top_k_torch(segment: Tensor, count: int) -> Tensor:
     return torch.cat([above, ties]).sort().values
 
 
-def _sorted_segment_top_k(
+def _padded_segment_top_k(
     keys: Tensor, segment_ids: Tensor, starts: Tensor, counts: Tensor, take: Tensor, dtype: torch.dtype
 ) -> Tensor:
-    """:func:`segmented_top_k` for the given segments, by one sort of (segment rank, descending key) composites.
+    """:func:`segmented_top_k` for the given segments, each sorted in a row of a padded float32 table.
 
-    Only the sorted values are needed (numpy's sort, about half the time of torch's sort with its permutation):
-    the ``take[j]``-th composite of segment j's sorted run is its threshold, every composite strictly below it
-    is taken, and the ties with it fill the rest in position order. Returns positions in ascending order.
+    Every segment's keys go into a row as wide as the next power of two of its length (at most twice the
+    entries; the padding is ``-inf``, below every key), the rows of one width are sorted in one numpy call, and
+    a row's ``take[j]``-th largest is its threshold. Short rows sort in cache, faster than one
+    sort of (segment, key) composites of the same entries. Keys compare as float32. Returns positions in
+    ascending order.
     """
     lengths = counts[segment_ids]
     if segment_ids.numel() == counts.numel():
@@ -420,29 +411,35 @@ def _sorted_segment_top_k(
     else:
         positions = _segment_positions(starts[segment_ids], lengths, dtype)
         chunk = torch.index_select(keys, 0, positions)
-    # The segment's rank in this call (not its id) keeps the composite below 2**63.
-    ranks = numpy.repeat(numpy.arange(segment_ids.numel(), dtype=numpy.int64), lengths.numpy())
-    composite = numpy.left_shift(ranks, 32) | _descending_sort_keys(chunk).numpy()
-    del chunk
-    ordered = numpy.sort(composite)
-    run_starts = (torch.cumsum(lengths, 0) - lengths).numpy()
+    values = chunk.to(torch.float32).numpy()
+    sizes = lengths.numpy()
     need = take[segment_ids].numpy()
-    thresholds = ordered[run_starts + need - 1]  # 0 < need < length for these (partial) segments
-    strictly_better = numpy.searchsorted(ordered, thresholds, side="left") - run_starts
-    tied = numpy.searchsorted(ordered, thresholds, side="right") - run_starts - strictly_better
-    del ordered
-    expanded = numpy.repeat(thresholds, lengths.numpy())
-    if numpy.array_equal(need - strictly_better, tied):
-        picked = numpy.flatnonzero(composite <= expanded)  # every tie is taken (the usual case: no ties)
-    else:
-        better = numpy.flatnonzero(composite < expanded)
-        ties = numpy.flatnonzero(composite == expanded)
-        tie_ranks = ranks[ties]
+    widths = numpy.left_shift(1, numpy.frexp(sizes - 1)[1]).astype(numpy.int64)  # partial segments have >= 2
+    by_width = numpy.argsort(widths, kind="stable")
+    row_starts = numpy.empty_like(widths)
+    row_starts[by_width] = numpy.cumsum(widths[by_width]) - widths[by_width]
+    run_starts = numpy.cumsum(sizes) - sizes
+    table = numpy.full(int(widths.sum()), -numpy.inf, dtype=numpy.float32)
+    table[numpy.repeat(row_starts - run_starts, sizes) + numpy.arange(values.size)] = values
+    offset = 0
+    for width, rows in zip(*numpy.unique(widths, return_counts=True), strict=True):
+        table[offset : offset + rows * width].reshape(rows, width).sort(axis=1)
+        offset += rows * width
+    thresholds = table[row_starts + widths - need]
+    del table
+    expanded = numpy.repeat(thresholds, sizes)
+    at_least = values >= expanded
+    picked = numpy.flatnonzero(at_least)
+    if picked.size != need.sum():  # some segment has more keys tied at its threshold than it still needs
+        better = values > expanded
+        better_counts = numpy.add.reduceat(better, run_starts, dtype=numpy.int64)
+        ties = numpy.flatnonzero(at_least & ~better)
+        tie_segments = numpy.searchsorted(run_starts, ties, side="right") - 1
         # Rank of each tie within its segment's ties (positions ascend, so segments do too).
-        within = numpy.arange(ties.size) - numpy.searchsorted(tie_ranks, tie_ranks, side="left")
-        fill = ties[within < (need - strictly_better)[tie_ranks]]
-        picked = numpy.sort(numpy.concatenate([better, fill]))
-    del composite, expanded, ranks
+        within = numpy.arange(ties.size) - numpy.searchsorted(tie_segments, tie_segments, side="left")
+        fill = ties[within < (need - better_counts)[tie_segments]]
+        picked = numpy.sort(numpy.concatenate([numpy.flatnonzero(better), fill]))
+    del expanded, at_least
     result = torch.from_numpy(picked).to(dtype)
     return result if positions is None else torch.index_select(positions, 0, result)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -63,36 +64,37 @@ def class_fractions(signal: Tensor, counts: Tensor, total: int) -> tuple[Tensor,
         ``(alpha, saturated)``: float64 fractions ``(C,)`` with ``sum(alpha * counts) == total`` (up to float
         rounding) and the bool mask of the classes kept entirely.
     """
-    size = counts.to(torch.float64)
-    signal = signal.to(torch.float64).clamp_min(0.0)
+    # numpy on these per-class arrays: each round is a handful of operations on C values.
+    size = counts.to(torch.float64).cpu().numpy()
+    signal_now = numpy.maximum(signal.detach().to(torch.float64).cpu().numpy(), 0.0)
     num_samples = int(counts.sum())
     if not 0 <= total <= num_samples:
         raise ValueError(f"cannot keep {total} samples out of {num_samples}")
-    alpha = torch.zeros_like(size)
-    present = counts > 0
-    saturated = torch.zeros_like(present)
+    alpha = numpy.zeros_like(size)
+    present = size > 0
+    saturated = numpy.zeros_like(present)
     remaining = float(total)
     for _ in range(int(present.sum())):
         free = present & ~saturated
-        if not bool(free.any()):
+        if not free.any():
             break
         if remaining <= 0:  # defensive: saturation always leaves some budget for the classes still free
-            alpha = torch.where(free, 0.0, alpha)
+            alpha = numpy.where(free, 0.0, alpha)
             break
-        free_signal = torch.where(free, signal, 0.0)
+        free_signal = numpy.where(free, signal_now, 0.0)
         if float((free_signal * size).sum()) <= 0.0:
-            free_signal = free.to(torch.float64)  # all remaining signals are zero: treat them as equal
-        weight = (free_signal * size).sqrt()  # sqrt(L_j n_j), the share of the budget
+            free_signal = free.astype(numpy.float64)  # all remaining signals are zero: treat them as equal
+        weight = numpy.sqrt(free_signal * size)  # sqrt(L_j n_j), the share of the budget
         share = remaining * weight / weight.sum()
-        alpha = torch.where(free, share / size.clamp_min(1.0), alpha)
+        alpha = numpy.where(free, share / numpy.maximum(size, 1.0), alpha)
         over = free & (alpha > 1.0)
-        if not bool(over.any()):
+        if not over.any():
             break
         saturated |= over
-        alpha = torch.where(over, 1.0, alpha)
+        alpha = numpy.where(over, 1.0, alpha)
         remaining = total - float(size[saturated].sum())
     # A class the last round put exactly at 1 is kept whole as well.
-    return alpha, saturated | (alpha >= 1.0)
+    return torch.from_numpy(alpha), torch.from_numpy(saturated | (alpha >= 1.0))
 
 
 def class_budgets(alpha: Tensor, counts: Tensor, total: int) -> Tensor:
