@@ -310,20 +310,25 @@ def segmented_top_k(
         ValueError: if shapes disagree or some ``take[j]`` is outside ``[0, counts[j]]``.
     """
 
-    counts = counts.to(torch.int64)
-    take = take.to(torch.int64)
+    # The per-segment bookkeeping runs on numpy: a few dozen operations on C values, where torch's per-call cost
+    # would outweigh the work at many small classes.
+    counts_now = counts.to(torch.int64).cpu().numpy()
+    take_now = take.to(torch.int64).cpu().numpy()
     num = keys.numel()
-    if counts.shape != take.shape or int(counts.sum()) != num:
-        raise ValueError(f"segment counts {tuple(counts.shape)} summing to {int(counts.sum())} do not fit {num} keys")
-    if bool(((take < 0) | (take > counts)).any()):
-        bad = int(torch.nonzero((take < 0) | (take > counts))[0])
-        raise ValueError(f"cannot take {int(take[bad])} entries from segment {bad} of {int(counts[bad])}")
+    if counts_now.shape != take_now.shape or int(counts_now.sum()) != num:
+        raise ValueError(
+            f"segment counts {tuple(counts_now.shape)} summing to {int(counts_now.sum())} do not fit {num} keys"
+        )
+    out_of_range = (take_now < 0) | (take_now > counts_now)
+    if out_of_range.any():
+        bad = int(numpy.flatnonzero(out_of_range)[0])
+        raise ValueError(f"cannot take {int(take_now[bad])} entries from segment {bad} of {int(counts_now[bad])}")
     dtype = index_dtype(num)
-    starts = torch.cumsum(counts, 0) - counts
-    partial = (take > 0) & (take < counts)
-    small = partial & (counts <= small_segment)
+    starts = numpy.cumsum(counts_now) - counts_now
+    partial = (take_now > 0) & (take_now < counts_now)
+    small = partial & (counts_now <= small_segment)
     # The result is written in place, part by part, so no list of parts is concatenated (a second copy).
-    result = torch.empty(int(take.sum()), dtype=dtype)
+    result = torch.empty(int(take_now.sum()), dtype=dtype)
     filled = 0
 
     def put(part: Tensor, shift: int = 0) -> None:
@@ -334,24 +339,26 @@ def segmented_top_k(
             target.add_(shift)
         filled += part.numel()
 
-    whole = torch.nonzero((take == counts) & (counts > 0)).squeeze(1)
-    if whole.numel():
-        put(_segment_positions(starts[whole], counts[whole], dtype))
+    whole = numpy.flatnonzero((take_now == counts_now) & (counts_now > 0))
+    if whole.size:
+        put(_segment_positions(torch.from_numpy(starts[whole]), torch.from_numpy(counts_now[whole]), dtype))
 
-    small_ids = torch.nonzero(small).squeeze(1)
-    if small_ids.numel():
+    small_ids = numpy.flatnonzero(small)
+    if small_ids.size:
         # Chunks of whole segments bound the sort's working memory (about 40 bytes per ranked entry, 40 MB).
-        ends = torch.cumsum(counts[small_ids], 0)
-        marks = list(range(max(sort_chunk, 1), int(ends[-1]), max(sort_chunk, 1)))
-        cuts = torch.searchsorted(ends, torch.tensor(marks, dtype=torch.int64), right=True).tolist() if marks else []
-        bounds = [0, *sorted(set(cuts) - {0}), small_ids.numel()]
+        ends = numpy.cumsum(counts_now[small_ids])
+        marks = numpy.arange(max(sort_chunk, 1), int(ends[-1]), max(sort_chunk, 1))
+        cuts = numpy.searchsorted(ends, marks, side="right").tolist()
+        bounds = [0, *sorted(set(cuts) - {0}), small_ids.size]
         for first, last in itertools.pairwise(bounds):
             if first < last:
-                put(_padded_segment_top_k(keys, small_ids[first:last], starts, counts, take, dtype))
+                put(_padded_segment_top_k(keys, small_ids[first:last], starts, counts_now, take_now, dtype))
 
-    large = torch.nonzero(partial & ~small).squeeze(1)
+    large = numpy.flatnonzero(partial & ~small)
     table = keys.numpy() if host_ops.viewable(keys) else None
-    for start, size, count in zip(starts[large].tolist(), counts[large].tolist(), take[large].tolist(), strict=True):
+    for start, size, count in zip(
+        starts[large].tolist(), counts_now[large].tolist(), take_now[large].tolist(), strict=True
+    ):
         if table is None:
             put(_segment_top_k_torch(keys[start : start + size], count), start)
             continue
@@ -394,7 +401,12 @@ def _segment_top_k_torch(segment: Tensor, count: int) -> Tensor:
 
 
 def _padded_segment_top_k(
-    keys: Tensor, segment_ids: Tensor, starts: Tensor, counts: Tensor, take: Tensor, dtype: torch.dtype
+    keys: Tensor,
+    segment_ids: numpy.ndarray,
+    starts: numpy.ndarray,
+    counts: numpy.ndarray,
+    take: numpy.ndarray,
+    dtype: torch.dtype,
 ) -> Tensor:
     """:func:`segmented_top_k` for the given segments, each sorted in a row of a padded float32 table.
 
@@ -404,16 +416,15 @@ def _padded_segment_top_k(
     sort of (segment, key) composites of the same entries. Keys compare as float32. Returns positions in
     ascending order.
     """
-    lengths = counts[segment_ids]
-    if segment_ids.numel() == counts.numel():
+    sizes = counts[segment_ids]
+    if segment_ids.size == counts.size:
         positions = None  # every segment: the positions are 0..N-1 (no gather needed)
         chunk = keys
     else:
-        positions = _segment_positions(starts[segment_ids], lengths, dtype)
+        positions = _segment_positions(torch.from_numpy(starts[segment_ids]), torch.from_numpy(sizes), dtype)
         chunk = torch.index_select(keys, 0, positions)
     values = chunk.to(torch.float32).numpy()
-    sizes = lengths.numpy()
-    need = take[segment_ids].numpy()
+    need = take[segment_ids]
     widths = numpy.left_shift(1, numpy.frexp(sizes - 1)[1]).astype(numpy.int64)  # partial segments have >= 2
     by_width = numpy.argsort(widths, kind="stable")
     row_starts = numpy.empty_like(widths)

@@ -261,6 +261,18 @@ def test_segment_sums() -> None:
     assert segment_sums(torch.arange(6.0), torch.tensor([2, 0, 4])).tolist() == [1.0, 0.0, 14.0]
 
 
+@pytest.mark.parametrize("strided", [False, True])  # numpy's reduceat, or torch's segment_reduce for a strided view
+def test_segment_sums_with_empty_classes_first_between_and_last(strided: bool) -> None:
+    counts = torch.tensor([0, 2, 0, 300, 257, 0])
+    values = torch.rand(559, generator=torch.Generator().manual_seed(2)) * 3
+    table = torch.stack([values, values], dim=1)[:, 0] if strided else values
+    assert table.is_contiguous() is not strided
+    expected = torch.stack([part.double().sum() for part in values.split(counts.tolist())])
+    sums = segment_sums(table, counts)
+    assert sums.dtype == torch.float64 and sums[[0, 2, 5]].tolist() == [0.0, 0.0, 0.0]
+    torch.testing.assert_close(sums, expected, rtol=1e-6, atol=1e-9)
+
+
 def test_segment_sums_of_large_and_many_classes_match_float64() -> None:
     # Classes spanning several 4096-blocks, empty ones and 500 tiny ones, in one call.
     counts = torch.cat([torch.tensor([20_000, 0, 4096, 4097, 1]), torch.full((500,), 3)])
