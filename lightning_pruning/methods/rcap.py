@@ -134,24 +134,22 @@ def segment_sums(values: Tensor, counts: Tensor) -> Tensor:
     if counts.numel() * _LOOP_SUM_MIN_SIZE <= values.numel():
         # Few, large classes (average >= 65536): torch.sum per slice is faster than a segmented reduction.
         return torch.stack([part.sum() for part in values.split(counts.tolist())]).to(torch.float64)
-    if not host_ops.viewable(values):
-        blocks = torch.div(counts + (_SUM_BLOCK - 1), _SUM_BLOCK, rounding_mode="floor").clamp_min_(1)
-        lengths = torch.full((int(blocks.sum()),), _SUM_BLOCK, dtype=torch.int64)
-        lengths[torch.cumsum(blocks, 0) - 1] = counts - _SUM_BLOCK * (blocks - 1)  # each class's last block
-        block_sums = torch.segment_reduce(values, "sum", lengths=lengths, unsafe=True).to(torch.float64)
-        # segment_reduce fills empty segments with 0 for "sum" (an empty class has one empty block).
-        return torch.segment_reduce(block_sums, "sum", lengths=blocks, unsafe=True)
     sizes = counts.cpu().numpy()
-    blocks_now = numpy.maximum(-(-sizes // _SUM_BLOCK), 1)  # an empty class has one empty block
-    class_first_block = numpy.cumsum(blocks_now) - blocks_now
-    block_lengths = numpy.full(int(blocks_now.sum()), _SUM_BLOCK, dtype=numpy.int64)
-    block_lengths[class_first_block + blocks_now - 1] = sizes - _SUM_BLOCK * (blocks_now - 1)
-    block_starts = numpy.cumsum(block_lengths) - block_lengths
-    block_totals = numpy.zeros(block_lengths.size)
-    filled = block_lengths > 0
-    if filled.any():
-        # reduceat sums from each start to the next one given: with the empty blocks left out, that is each block.
-        block_totals[filled] = numpy.add.reduceat(values.numpy(), block_starts[filled])
+    blocks = numpy.maximum(-(-sizes // _SUM_BLOCK), 1)  # an empty class has one empty block
+    class_first_block = numpy.cumsum(blocks) - blocks
+    block_lengths = numpy.full(int(blocks.sum()), _SUM_BLOCK, dtype=numpy.int64)
+    block_lengths[class_first_block + blocks - 1] = sizes - _SUM_BLOCK * (blocks - 1)  # each class's last block
+    if not host_ops.viewable(values):  # dtypes numpy lacks, strided or device tensors
+        block_sums = torch.segment_reduce(values, "sum", lengths=torch.from_numpy(block_lengths), unsafe=True)
+        # segment_reduce fills empty segments with 0 for "sum".
+        block_totals = block_sums.to(torch.float64).cpu().numpy()
+    else:
+        block_starts = numpy.cumsum(block_lengths) - block_lengths
+        block_totals = numpy.zeros(block_lengths.size)
+        filled = block_lengths > 0
+        if filled.any():
+            # reduceat sums from each start to the next one given: with the empty blocks left out, each block.
+            block_totals[filled] = numpy.add.reduceat(values.numpy(), block_starts[filled])
     return torch.from_numpy(numpy.add.reduceat(block_totals, class_first_block))
 
 
