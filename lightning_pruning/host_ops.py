@@ -2,11 +2,11 @@
 
 Decisions run once per epoch on CPU tables of N entries. On one thread, torch's CPU kernels for a few
 operations are several times slower than numpy's on the same memory (comparisons that produce a bool
-tensor, ``count_nonzero``, ``kthvalue``, a masked fill); ``benchmarks/overhead.py`` measures the
-decisions that use them. Every function here returns exactly what the torch operation returns (IEEE
-comparisons), except :func:`sqrt`, which is correctly rounded where torch's vectorised CPU kernel is not
-always; all fall back to torch for tensors numpy cannot view (not on the CPU, not contiguous, or of a
-dtype numpy lacks).
+tensor, logical operations on bool tensors, ``count_nonzero``, ``kthvalue``, a masked fill);
+``benchmarks/overhead.py`` measures the decisions that use them. Every function here returns exactly what
+the torch operation returns (IEEE comparisons), except :func:`sqrt`, which is correctly rounded where torch's
+vectorised CPU kernel is not always; all fall back to torch for tensors numpy cannot view (not on the CPU,
+not contiguous, or of a dtype numpy lacks).
 """
 
 from __future__ import annotations
@@ -65,6 +65,22 @@ def count_true(mask: Tensor) -> int:
     if not viewable(mask):
         return int(torch.count_nonzero(mask))
     return int(numpy.count_nonzero(mask.numpy()))
+
+
+def and_(mask: Tensor, other: Tensor, *, invert: bool = False) -> Tensor:
+    """``mask &= other`` (``mask &= ~other`` with ``invert``) for bool tensors, in place; returns ``mask``."""
+    if not (viewable(mask) and viewable(other) and mask.dtype == other.dtype == torch.bool):
+        return mask.logical_and_(other.logical_not() if invert else other)
+    numpy.logical_and(mask.numpy(), numpy.logical_not(other.numpy()) if invert else other.numpy(), out=mask.numpy())
+    return mask
+
+
+def or_(mask: Tensor, other: Tensor, *, invert: bool = False) -> Tensor:
+    """``mask |= other`` (``mask |= ~other`` with ``invert``) for bool tensors, in place; returns ``mask``."""
+    if not (viewable(mask) and viewable(other) and mask.dtype == other.dtype == torch.bool):
+        return mask.logical_or_(other.logical_not() if invert else other)
+    numpy.logical_or(mask.numpy(), numpy.logical_not(other.numpy()) if invert else other.numpy(), out=mask.numpy())
+    return mask
 
 
 def kth_smallest(values: Tensor, k: int) -> Tensor:

@@ -75,6 +75,29 @@ def test_masked_shift_and_zeroing_match_torch(size: int, seed: int) -> None:
         assert float(raised[mask].min()) >= 1.0 > float(raised[~mask].max())
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    size=st.integers(min_value=0, max_value=400),
+    seed=st.integers(min_value=0, max_value=2**31),
+    invert=st.booleans(),
+    strided=st.booleans(),
+)
+def test_in_place_logic_matches_torch(size: int, seed: int, invert: bool, strided: bool) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    # A strided `other` (every second entry of a longer mask) takes the torch path.
+    longer = torch.rand(2 * size, generator=generator) < 0.5
+    mask = torch.rand(size, generator=generator) < 0.5
+    other = longer[::2] if strided else longer[:size].clone()
+    operand = other.logical_not() if invert else other
+    conjunction = mask.clone()
+    assert host_ops.and_(conjunction, other, invert=invert) is conjunction
+    assert torch.equal(conjunction, mask & operand)
+    disjunction = mask.clone()
+    assert host_ops.or_(disjunction, other, invert=invert) is disjunction
+    assert torch.equal(disjunction, mask | operand)
+    assert torch.equal(other, longer[::2] if strided else longer[:size])  # the operand is left as it was
+
+
 def test_tensors_numpy_cannot_view_fall_back_to_torch() -> None:
     table = torch.arange(12, dtype=torch.float32).reshape(3, 4).t().reshape(-1)  # contiguous after reshape
     strided = torch.arange(24, dtype=torch.float32)[::2]  # not contiguous

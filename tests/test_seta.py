@@ -42,6 +42,9 @@ def test_kmeans_1d_hand_computed() -> None:
 def test_kmeans_1d_with_few_distinct_values_cuts_equal_slices() -> None:
     assert kmeans_1d(torch.full((10,), 3.0), 5).tolist() == [2, 4, 6, 8, 10]  # the reference chunks equally
     assert kmeans_1d(torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 2.0]), 3).tolist() == [2, 4, 6]
+    # The same through torch's count of distinct values (numpy has no bfloat16) and through a strided view.
+    assert kmeans_1d(torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], dtype=torch.bfloat16), 3).tolist() == [2, 4, 6]
+    assert kmeans_1d(torch.tensor([1.0, 0.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0])[::2], 3).tolist() == [1, 3, 4]
     with pytest.raises(ValueError):
         kmeans_1d(torch.tensor([1.0, 2.0]), 3)
 

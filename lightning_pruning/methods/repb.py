@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from lightning_pruning import host_ops
 from lightning_pruning.methods.base import Harvest, PruningCallback, Selection
 from lightning_pruning.methods.registry import register
 from lightning_pruning.selection import mask_positions
@@ -104,10 +105,11 @@ def repb_next_subset(
         resampling: let untrained samples re-enter (off: the subset can only shrink).
     """
     draws = torch.rand(trained.numel(), generator=generator)
-    keep = trained & (~below | (draws >= rho))
-    num_kept = int(torch.count_nonzero(keep))  # much faster than a bool sum
+    # keep = trained & (~below | (draws >= rho)), in place through numpy (torch's bool kernels are slower on CPU).
+    keep = host_ops.and_(host_ops.or_(host_ops.greater_equal(draws, rho), below, invert=True), trained)
+    num_kept = host_ops.count_true(keep)
     if resampling:
-        keep |= ~trained & (draws < 1.0 - rho)
+        host_ops.or_(keep, host_ops.and_(host_ops.less(draws, 1.0 - rho), trained, invert=True))
     del draws  # 4 bytes per sample, freed before the indices are allocated
     indices = mask_positions(keep)
     return RePBDecision(indices, indices.numel() - num_kept)
