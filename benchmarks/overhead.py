@@ -10,7 +10,8 @@ compares two timings taken in the same run, never across runs.
 * **Selection** (items 3, 4): each registered method gets synthetic state (every sample trained once with
   an exponential loss; 10 classes for label-driven methods), then one pruned epoch is timed: the decision
   alone (``decide``) and the epoch pipeline (decision, ``SubsetSampler(...).rank_order`` and the dense
-  per-sample weights of weighted methods), against ``torch.randperm(N)`` timed alongside.
+  per-sample weights of weighted methods), against ``torch.randperm(N)``: the three are called in turn in
+  every round (25 rounds up to N = 1e6, 5 above), so each ratio compares minima over the same stretch of time.
 * **Memory** (item 5), each method in a fresh subprocess: bytes per sample of the tensors the callback holds
   (its tables, the class layout and the base's stored subset/weights), of ``torch.save(state_dict())``
   after a decided epoch (the growth per sample from N = 1e4 to N: the few KB of framing and logged history
@@ -130,45 +131,92 @@ def rand_ms(num_samples: int, repeats: int) -> float:
     return best_ms(lambda _: torch.rand(num_samples, generator=generator), repeats, 0)
 
 
+def interleaved_ms(functions: dict[str, Callable[[int], Any]], repeats: int) -> dict[str, float]:
+    """Minimum wall time in ms of every ``function(epoch)``, the functions called in turn in each of ``repeats``
+    rounds (after one warm-up round), each call with the next epoch number (1, 2, 3, ...: decisions see epochs in
+    order, as in a fit).
+
+    Each minimum is taken over the same stretch of time and the same number of calls, so a machine whose speed
+    drifts (cores shared with other jobs, frequency scaling) favours no side of a ratio between them. A baseline
+    timed on its own, or its minimum over more calls than the method gets, would.
+    """
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    epoch = 0
+    for round_number in range(repeats + 1):
+        for name, function in functions.items():
+            epoch += 1
+            started = time.perf_counter()
+            function(epoch)
+            if round_number:
+                times[name].append(time.perf_counter() - started)
+    return {name: 1000 * min(values) for name, values in times.items()}
+
+
+def permutation_of(num_samples: int, generator: torch.Generator) -> Callable[[int], torch.Tensor]:
+    """``epoch -> torch.randperm(num_samples)``: the baseline, called like the functions it is compared with."""
+    return lambda _: torch.randperm(num_samples, generator=generator)
+
+
+def rounds_for(num_samples: int, repeats: int) -> int:
+    """Timing rounds at ``num_samples``: five times ``repeats`` up to N = 1e6, where a call takes milliseconds and
+    a minimum over few calls is at the mercy of the machine's noise."""
+    return repeats if num_samples > 1_000_000 else 5 * repeats
+
+
 def selection_rows(sizes: list[int], repeats: int, rcap_sizes: list[int]) -> list[dict[str, Any]]:
-    """Decision and pipeline timings of every method against randperm(N), plus RCAP with 1000 classes."""
+    """Decision and pipeline timings of every method against randperm(N), timed in turn in the same rounds, plus
+    RCAP with 1000 classes."""
     rows = []
     for num_samples in sizes:
-        keys = rand_ms(num_samples, repeats)
-        reference = [randperm_ms(num_samples, repeats)]
+        rounds = rounds_for(num_samples, repeats)
+        keys = rand_ms(num_samples, rounds)
+        generator = torch.Generator().manual_seed(0)
         for name in sorted(METHODS):
             method = prepared_method(name, num_samples, 10)
-            decision = best_ms(method.decide, repeats, 1)
-            pipeline = best_ms(lambda epoch, m=method: run_pipeline(m, epoch), repeats, 100)
+            timed = interleaved_ms(
+                {
+                    "randperm": permutation_of(num_samples, generator),
+                    "decision": method.decide,
+                    "pipeline": lambda epoch, m=method: run_pipeline(m, epoch),
+                },
+                rounds,
+            )
             del method
             gc.collect()
-            reference.append(randperm_ms(num_samples, repeats))
             rows.append(
                 {"method": name, "N": num_samples, "classes": 10 if METHODS[name].needs_labels else None}
-                | {"decision_ms": decision, "pipeline_ms": pipeline, "median_ms": decision, "min_ms": decision}
+                | {"decision_ms": timed["decision"], "pipeline_ms": timed["pipeline"], "randperm_ms": timed["randperm"]}
+                | {"median_ms": timed["decision"], "min_ms": timed["decision"], "rounds": rounds}
             )
             print(
-                f"  {name:<15} N={num_samples:>11,}  decision {decision:9.1f} ms  pipeline {pipeline:9.1f} ms",
+                f"  {name:<15} N={num_samples:>11,}  randperm {timed['randperm']:9.1f} ms  decision "
+                f"{timed['decision']:9.1f} ms  pipeline {timed['pipeline']:9.1f} ms",
                 flush=True,
             )
-        best = min(reference)
-        keys = min(keys, rand_ms(num_samples, repeats))
+        keys = min(keys, rand_ms(num_samples, rounds))
         for row in rows:
             if row["N"] == num_samples:
-                row["randperm_ms"] = best
                 row["rand_ms"] = keys
     for num_samples in rcap_sizes:
-        reference = randperm_ms(num_samples, repeats)
+        rounds = rounds_for(num_samples, repeats)
+        generator = torch.Generator().manual_seed(0)
         method = prepared_method("rcap", num_samples, 1000)
-        decision = best_ms(method.decide, repeats, 1)
+        timed = interleaved_ms(
+            {"randperm": permutation_of(num_samples, generator), "decision": method.decide},
+            rounds,
+        )
         del method
         gc.collect()
-        reference = min(reference, randperm_ms(num_samples, repeats))
         rows.append(
-            {"method": "rcap", "N": num_samples, "classes": 1000, "decision_ms": decision, "pipeline_ms": None}
-            | {"median_ms": decision, "min_ms": decision, "randperm_ms": reference}
+            {"method": "rcap", "N": num_samples, "classes": 1000, "decision_ms": timed["decision"], "pipeline_ms": None}
+            | {"median_ms": timed["decision"], "min_ms": timed["decision"], "randperm_ms": timed["randperm"]}
+            | {"rounds": rounds}
         )
-        print(f"  rcap/1000 classes N={num_samples:>11,}  decision {decision:9.1f} ms", flush=True)
+        print(
+            f"  rcap/1000 classes N={num_samples:>11,}  randperm {timed['randperm']:9.1f} ms  decision "
+            f"{timed['decision']:9.1f} ms",
+            flush=True,
+        )
     return rows
 
 
@@ -685,7 +733,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "<!-- generated by benchmarks/overhead.py; do not edit by hand -->",
         f"Machine: {result['machine']}; torch {result['versions']['torch']}, "
         f"lightning {result['versions']['lightning']}. Command: `{result['command']}`. One thread; "
-        "every ratio compares timings of the same run (minimum over repeats). "
+        "every ratio compares timings of the same run (minimum over repeats; for a selection ratio, minima over "
+        "the same rounds). "
         f"Load average (1, 5, 15 min) at the start, on 2 cores shared with other jobs: {result['load_average']}."
         + (f" Commit {result['commit']}." if "commit" in result else ""),
         "",
