@@ -265,6 +265,30 @@ def test_overhead_quick_covers_every_registered_method(tmp_path: Path) -> None:
     assert "Selection time per epoch" in (tmp_path / "overhead-quick.md").read_text()
 
 
+def test_overhead_times_the_baseline_and_the_method_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every round calls each function once, in order, with the next epoch; each minimum is over that function's
+    own calls in the timed rounds (the warm-up round is not timed)."""
+    import overhead
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(overhead.time, "perf_counter", lambda: float(next(clock)))
+    calls: list[tuple[str, int]] = []
+    durations = {"baseline": [9, 5, 7], "method": [1, 8, 3]}  # warm-up (fastest: must not count), two rounds
+
+    def timed(name: str) -> Any:
+        def call(epoch: int) -> None:
+            calls.append((name, epoch))
+            for _ in range(durations[name][sum(1 for called, _ in calls if called == name) - 1] - 1):
+                next(clock)  # the fake clock advances by the call's duration
+
+        return call
+
+    result = overhead.interleaved_ms({"baseline": timed("baseline"), "method": timed("method")}, repeats=2)
+    assert calls == [("baseline", 1), ("method", 2), ("baseline", 3), ("method", 4), ("baseline", 5), ("method", 6)]
+    assert result == {"baseline": 5000.0, "method": 3000.0}
+    assert overhead.rounds_for(1_000_000, 5) == 25 and overhead.rounds_for(10_000_000, 5) == 5
+
+
 def test_demo_prints_full_and_pruned_rows(capsys: pytest.CaptureFixture[str]) -> None:
     import fashion_mnist_demo
 
