@@ -71,7 +71,8 @@ def and_(mask: Tensor, other: Tensor, *, invert: bool = False) -> Tensor:
     """``mask &= other`` (``mask &= ~other`` with ``invert``) for bool tensors, in place; returns ``mask``."""
     if not (viewable(mask) and viewable(other) and mask.dtype == other.dtype == torch.bool):
         return mask.logical_and_(other.logical_not() if invert else other)
-    numpy.logical_and(mask.numpy(), numpy.logical_not(other.numpy()) if invert else other.numpy(), out=mask.numpy())
+    # On bools a & ~b is a > b: no temporary for the negation.
+    (numpy.greater if invert else numpy.logical_and)(mask.numpy(), other.numpy(), out=mask.numpy())
     return mask
 
 
@@ -79,7 +80,8 @@ def or_(mask: Tensor, other: Tensor, *, invert: bool = False) -> Tensor:
     """``mask |= other`` (``mask |= ~other`` with ``invert``) for bool tensors, in place; returns ``mask``."""
     if not (viewable(mask) and viewable(other) and mask.dtype == other.dtype == torch.bool):
         return mask.logical_or_(other.logical_not() if invert else other)
-    numpy.logical_or(mask.numpy(), numpy.logical_not(other.numpy()) if invert else other.numpy(), out=mask.numpy())
+    # On bools a | ~b is a >= b: no temporary for the negation.
+    (numpy.greater_equal if invert else numpy.logical_or)(mask.numpy(), other.numpy(), out=mask.numpy())
     return mask
 
 

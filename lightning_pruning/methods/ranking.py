@@ -70,7 +70,7 @@ def _threshold(values: Tensor, k: int) -> tuple[Tensor, int, int, Tensor | None]
         if greater < k:
             return upper, greater, at_least_upper - greater, None  # a large tie holds the k-th value
         return _exact_threshold(values, k)
-    band_mask = host_ops.greater(values, lower).logical_and_(at_least_upper_mask.logical_not_())  # lower < v < upper
+    band_mask = host_ops.and_(host_ops.greater(values, lower), at_least_upper_mask, invert=True)  # lower < v < upper
     band_positions = mask_positions(band_mask)
     if at_least_upper + band_positions.numel() >= k:
         band = torch.index_select(values, 0, band_positions)
